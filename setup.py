@@ -1,0 +1,40 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "evit_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    package_data={package_name: ["data/*.txt", "data/*.yaml", "data/*.xml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
+        (f"share/{package_name}", ["package.xml"]),
+        (f"share/{package_name}/launch", glob("launch/*.py")),
+        (f"share/{package_name}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{package_name}/models", ["models/README.md"]),
+    ],
+    python_requires=">=3.10",
+    install_requires=["setuptools", "numpy", "opencv-python-headless", "pyyaml", "tqdm"],
+    extras_require={
+        "torch": ["torch>=2.1"],
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        "eval": ["rosbags>=0.10", "matplotlib"],
+        "hub": ["huggingface_hub"],
+    },
+    zip_safe=True,
+    maintainer="evit_ros maintainers",
+    maintainer_email="maintainers@evit-ros.dev",
+    description="Real-time EfficientViT semantic segmentation for ROS 2",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "evit-ros = evit_ros.cli:main",
+            "seg_node = evit_ros.ros.seg_node:main",
+            "play = evit_ros.ros.play:main",
+        ],
+    },
+)

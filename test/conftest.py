@@ -1,0 +1,60 @@
+"""Shared test setup: real data location, and a private, loopback-only DDS domain per run."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+# DDS must stay on this machine, and parallel runs must not see each other's topics. These are
+# read when rclpy initialises, so they are set before any test imports it.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path | None:
+    """Real test data: $EVIT_ROS_TEST_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("EVIT_ROS_TEST_DATA")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = data_dir()
+    if path is None:
+        pytest.skip("real test data not found (set EVIT_ROS_TEST_DATA or provide ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def b0_checkpoint(shared_data: Path) -> Path:
+    path = shared_data / "weights" / "efficientvit_seg_b0_cityscapes.pt"
+    if not path.is_file():
+        pytest.skip(f"official B0 checkpoint not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def camvid_pairs(shared_data: Path) -> list[tuple[Path, Path]]:
+    """CamVid val (image, label) pairs in sequence order."""
+    root = shared_data / "camvid"
+    names = [
+        line.split()[0]
+        for line in (root / "val_sequence.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return [(root / "val" / n, root / "valannot" / n) for n in names]
+
+
+def require(module: str):
+    """Import an optional dependency or skip the test that needs it."""
+    return pytest.importorskip(module, reason=f"{module} is not installed")
