@@ -1,0 +1,58 @@
+"""Inference backends behind one interface, selected by name (auto | tensorrt | torch | onnxruntime)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .base import BACKENDS, PRECISIONS, Backend, BackendConfig
+
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendConfig", "create_backend", "resolve_backend_name"]
+
+
+def _tensorrt_usable() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return _cuda_usable()
+
+
+def _cuda_usable() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend_name(name: str) -> str:
+    """auto: TensorRT when importable with a GPU, else torch on CUDA, else ONNX Runtime on the CPU."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    if _tensorrt_usable():
+        return "tensorrt"
+    if _cuda_usable():
+        return "torch"
+    return "onnxruntime"
+
+
+def create_backend(name: str, config: BackendConfig) -> Backend:
+    """Instantiate a backend; heavy imports (torch, onnxruntime, tensorrt) happen only here."""
+    resolved = resolve_backend_name(name)
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{config.precision}'; choose one of {', '.join(PRECISIONS)}")
+    if resolved == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(config)
+    if resolved == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(config)
+    from .tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(config)

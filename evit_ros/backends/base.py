@@ -1,0 +1,55 @@
+"""The one interface every inference backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class BackendConfig:
+    """What selects and shapes a backend; engine-affecting, so fixed for a backend's lifetime."""
+
+    model: str = "b0-cityscapes"
+    weights: str | None = None  # checkpoint path, "random", an .onnx file (onnxruntime/tensorrt) or None (cache/Hub)
+    resolution: tuple[int, int] = (512, 1024)
+    precision: str = "fp32"
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None picks
+    num_threads: int | None = None
+    engine_cache_dir: str | None = None
+    batch_size: int = 1
+    options: dict = field(default_factory=dict)  # backend-specific extras (cuda_graphs, dla_core, ...)
+
+
+class Backend(ABC):
+    """Maps a normalised N x 3 x H x W float32 batch to N x C x H/8 x W/8 float32 logits."""
+
+    name: str = "base"
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.checkpoint_sha256: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        h, w = self.config.resolution
+        return (self.config.batch_size, 3, h, w)
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, str]:
+        """Human-readable facts for logs and /diagnostics."""
+        return {"backend": self.name, "precision": self.config.precision, "device": str(self.config.device)}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def _check_batch(self, batch: np.ndarray) -> None:
+        if batch.dtype != np.float32 or batch.ndim != 4 or batch.shape[1:] != self.input_shape[1:]:
+            raise ValueError(f"{self.name} backend expects float32 {self.input_shape}, got {batch.dtype} {batch.shape}")

@@ -1,0 +1,50 @@
+"""`evit-ros` command line: predict, export, build-engine, bench, play, eval.
+
+Each subcommand lives in the module that implements it and is imported only when used, so
+`evit-ros predict` never loads rclpy and `evit-ros play` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, add-arguments function, run function, help)
+SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "predict": ("evit_ros.predict", "add_predict_arguments", "run_predict", "segment a folder of images"),
+    "export": ("evit_ros.export", "add_export_arguments", "run_export", "export a model to ONNX"),
+    "build-engine": (
+        "evit_ros.backends.tensorrt_backend",
+        "add_build_engine_arguments",
+        "run_build_engine",
+        "build a TensorRT engine offline",
+    ),
+    "bench": ("evit_ros.bench", "add_bench_arguments", "run_bench", "benchmark backends"),
+    "play": ("evit_ros.ros.play", "add_play_arguments", "run_play", "publish images, a video or a bag as a camera"),
+    "eval": ("evit_ros.evaluation.cli", "add_eval_arguments", "run_eval", "score predictions, bags or folders"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evit-ros", description="EfficientViT semantic segmentation for ROS 2")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, add_fn, _, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        # Only the chosen subcommand's module is imported; the others are listed by name.
+        if name == wanted:
+            getattr(importlib.import_module(module), add_fn)(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    module, _, run_fn, _ = SUBCOMMANDS[args.command]
+    return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Arguments shared by every subcommand that runs a model, so they read the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+
+from .backends import BACKENDS, PRECISIONS
+from .variants import DEFAULT_MODEL, VARIANTS
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = "auto") -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(VARIANTS), help="official variant")
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint .pt (or directory holding it); default: the cache, then the Hugging Face Hub; "
+        "'random' for untrained weights (smoke tests only)",
+    )
+    g.add_argument("--resolution", default=None, help="network input HxW, multiples of 32 (default: the variant's)")
+    g.add_argument("--backend", default=default_backend, choices=BACKENDS)
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: picked by the backend)")
+    g.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
+    g.add_argument("--engine-cache-dir", default=None, help="where ONNX files and TensorRT engines are cached")
+
+
+def segmenter_from_args(args: argparse.Namespace, **overrides):
+    from .segmenter import Segmenter
+
+    kwargs = dict(
+        model=args.model,
+        weights=args.weights,
+        resolution=args.resolution,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        num_threads=args.num_threads,
+        engine_cache_dir=args.engine_cache_dir,
+        allow_random_weights=args.weights == "random",
+    )
+    kwargs.update(overrides)
+    return Segmenter(**kwargs)
