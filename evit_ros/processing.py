@@ -18,6 +18,7 @@ _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
 _INV_STD = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255.0)
 
 MAX_SIDE = 16384
+_CV_MAX_CHANNELS = 128
 
 
 def check_image(image: np.ndarray) -> None:
@@ -65,9 +66,9 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return logits
     hwc = np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32)
     chunks = []
-    # cv2.resize handles at most 512 channels; ADE20K has 150, but stay general.
-    for start in range(0, c, 512):
-        part = cv2.resize(hwc[:, :, start : start + 512], (out_w, out_h), interpolation=cv2.INTER_CUBIC)
+    # OpenCV 5 resizes at most 128 channels at once (CV_CN_MAX; 512 in OpenCV 4): ADE20K has 150.
+    for start in range(0, c, _CV_MAX_CHANNELS):
+        part = cv2.resize(hwc[:, :, start : start + _CV_MAX_CHANNELS], (out_w, out_h), interpolation=cv2.INTER_CUBIC)
         chunks.append(part.reshape(out_h, out_w, -1))
     resized = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=2)
     return resized.transpose(2, 0, 1)
