@@ -34,7 +34,7 @@ setup(
         "console_scripts": [
             "evit-ros = evit_ros.cli:main",
             "seg_node = evit_ros.ros.seg_node:main",
-            "play = evit_ros.ros.play:main",
+            "evit_play = evit_ros.ros.play:main",
         ],
     },
 )

@@ -97,7 +97,9 @@ def _triple(v):
 class DSConv(nn.Module):
     def __init__(self, in_ch, out_ch, stride, act, fewer_norm, eps) -> None:
         super().__init__()
-        self.depth_conv = ConvLayer(in_ch, in_ch, 3, stride, in_ch, bias=fewer_norm, norm=not fewer_norm, act=act, eps=eps)
+        self.depth_conv = ConvLayer(
+            in_ch, in_ch, 3, stride, in_ch, bias=fewer_norm, norm=not fewer_norm, act=act, eps=eps
+        )
         self.point_conv = ConvLayer(in_ch, out_ch, 1, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,7 +305,10 @@ class SegHead(nn.Module):
         self.input_ops = nn.ModuleList(inputs)
         kind = "mb" if spec.middle_op == "mbconv" else "fmb"
         self.middle = OpSequential(
-            [Residual(_local_block(kind, width, width, 1, spec.expand_ratio, act, False, eps), True) for _ in range(spec.depth)]
+            [
+                Residual(_local_block(kind, width, width, 1, spec.expand_ratio, act, False, eps), True)
+                for _ in range(spec.depth)
+            ]
         )
         out: list[nn.Module] = []
         ch = width

@@ -22,7 +22,9 @@ def list_images(folder: Path) -> list[Path]:
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--save-logits", action="store_true", help="also write <stem>.npy: float32 C x H/8 x W/8 logits")
+    parser.add_argument(
+        "--save-logits", action="store_true", help="also write <stem>.npy: float32 C x H/8 x W/8 logits"
+    )
     parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("input_dir", type=Path)
@@ -56,7 +58,10 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.save_logits:
             np.save(args.output_dir / f"{path.stem}.npy", result.logits.astype(np.float32))
         if args.overlay:
-            cv2.imwrite(str(args.output_dir / f"{path.stem}_overlay.png"), overlay(image, result.labels, palette_bgr, args.alpha))
+            cv2.imwrite(
+                str(args.output_dir / f"{path.stem}_overlay.png"),
+                overlay(image, result.labels, palette_bgr, args.alpha),
+            )
         done += 1
     rate = done / busy if busy > 0 else 0.0
     info = seg.describe()

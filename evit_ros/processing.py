@@ -37,7 +37,9 @@ def ade20k_resolution(height: int, width: int, short_side: int = 512) -> tuple[i
     return int(math.ceil(height * short_side / width / 32) * 32), short_side
 
 
-def preprocess(image: np.ndarray, resolution: tuple[int, int], order: str = "rgb", out: np.ndarray | None = None) -> np.ndarray:
+def preprocess(
+    image: np.ndarray, resolution: tuple[int, int], order: str = "rgb", out: np.ndarray | None = None
+) -> np.ndarray:
     """HxWx3 uint8 image -> 1x3xHxW float32 network input at `resolution` (H, W)."""
     check_image(image)
     if order not in ("rgb", "bgr"):

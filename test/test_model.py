@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -78,7 +77,7 @@ def test_attention_core_runs_in_fp32_for_half_inputs():
     # The same computation carried out in fp16 overflows: the fp32 island is what prevents it.
     q = torch.relu(x.half().reshape(1, -1, 48, 128 * 256)[:, :, :16])
     k = torch.relu(x.half().reshape(1, -1, 48, 128 * 256)[:, :, 16:32])
-    assert not torch.isfinite((q.sum(-1, keepdim=True) * k.sum(-1, keepdim=True))).all()
+    assert not torch.isfinite(q.sum(-1, keepdim=True) * k.sum(-1, keepdim=True)).all()
 
 
 def test_attention_eps_survives_half_precision():

@@ -33,7 +33,10 @@ def _camvid_map(shared_data) -> np.ndarray:
 def test_cityscapes_frame_pixel_accuracy(b0, shared_data):
     image = cv2.imread(str(shared_data / "cityscapes/fullres_unlabeled/frankfurt_000000_000294_leftImg8bit.png"))
     gt = cv2.imread(
-        str(shared_data / "cityscapes/labeled_mmseg_downscaled_256x128/gtFine/frankfurt_000000_000294_gtFine_labelTrainIds.png"),
+        str(
+            shared_data
+            / "cityscapes/labeled_mmseg_downscaled_256x128/gtFine/frankfurt_000000_000294_gtFine_labelTrainIds.png"
+        ),
         cv2.IMREAD_UNCHANGED,
     )
     result = b0.segment(image, order="bgr", output_size=gt.shape)
