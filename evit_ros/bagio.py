@@ -1,0 +1,296 @@
+"""Read and write image topics in rosbag2 recordings (sqlite3 ``.db3`` and ``.mcap``) without ROS.
+
+Built on the `rosbags <https://gitlab.com/ternaris/rosbags>`_ library, so it works on any machine with
+``pip install rosbags`` and never imports rclpy. Only ``sensor_msgs/msg/Image`` and
+``sensor_msgs/msg/CompressedImage`` are handled; other topics in a bag are skipped.
+
+* :func:`iter_bag_frames` yields :class:`BagFrame` objects in record order. Colour encodings (and any
+  compressed image) are decoded to ``H x W x 3`` uint8 RGB through :mod:`evit_ros.encodings`;
+  ``mono8`` / ``mono16`` images are returned raw (``H x W`` uint8 / uint16), because they usually carry
+  label maps whose values must not be altered.
+* :class:`ImageBagWriter` writes such messages (used by the tests, and handy to build evaluation bags from
+  image folders).
+
+A *path* is a bag directory (with ``metadata.yaml``) or a single ``.db3`` / ``.mcap`` file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evit_ros.encodings import decode_compressed, decode_image
+
+if TYPE_CHECKING:
+    from typing import Self  # 3.11+, annotation-only (strings here), so 3.10 runs
+
+__all__ = [
+    "COMPRESSED_MSGTYPE",
+    "IMAGE_MSGTYPE",
+    "BagFrame",
+    "ImageBagWriter",
+    "bag_topics",
+    "frame_from_message",
+    "iter_bag_frames",
+    "iter_bag_messages",
+]
+
+IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
+COMPRESSED_MSGTYPE = "sensor_msgs/msg/CompressedImage"
+_IMAGE_TYPES = (IMAGE_MSGTYPE, COMPRESSED_MSGTYPE)
+_MONO = {"mono8": np.dtype(np.uint8), "mono16": np.dtype(np.uint16)}
+_STORAGES = ("sqlite3", "mcap")
+
+
+def _rosbags() -> Any:
+    try:
+        from rosbags import rosbag2
+        from rosbags.typesys import Stores, get_typestore
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("reading/writing bags needs the 'rosbags' package: pip install rosbags") from exc
+    return rosbag2, get_typestore(Stores.ROS2_HUMBLE)
+
+
+_TYPESTORE_CACHE: list[Any] = []
+
+
+def _typestore() -> Any:
+    if not _TYPESTORE_CACHE:
+        _TYPESTORE_CACHE.extend(_rosbags())
+    return _TYPESTORE_CACHE[0], _TYPESTORE_CACHE[1]
+
+
+@dataclass
+class BagFrame:
+    """One image message read from a bag.
+
+    ``stamp_ns`` is the header stamp, ``recv_ns`` the time the recorder stored the message. ``image`` is
+    RGB uint8 ``H x W x 3`` for colour/compressed images, or the raw ``H x W`` uint8/uint16 array for
+    ``mono8``/``mono16``. ``encoding`` is the Image encoding, or ``"compressed:<format>"``.
+    """
+
+    topic: str
+    stamp_ns: int
+    recv_ns: int
+    frame_id: str
+    encoding: str
+    image: np.ndarray
+
+
+def _check_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag not found: {path}")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        raise ValueError(f"{path} is a directory without metadata.yaml: not a rosbag2 recording")
+    if path.is_file() and path.suffix not in (".db3", ".mcap"):
+        raise ValueError(f"{path} is not a rosbag2 recording (expected a bag directory, .db3 or .mcap)")
+    return path
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Topic name -> message type (e.g. ``sensor_msgs/msg/Image``) of every topic in the bag."""
+    rosbag2, _ = _typestore()
+    with rosbag2.Reader(_check_path(path)) as reader:
+        return {conn.topic: conn.msgtype for conn in reader.connections}
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _decode_mono(msg: Any) -> np.ndarray:
+    """The raw values of a mono8/mono16 Image (label maps), honouring ``step`` and ``is_bigendian``."""
+    dtype = _MONO[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{msg.encoding} image has a non-positive size {width}x{height}")
+    if step < width * dtype.itemsize:
+        raise ValueError(f"{msg.encoding} step {step} is smaller than one row ({width * dtype.itemsize} bytes)")
+    buf = np.frombuffer(np.asarray(msg.data, dtype=np.uint8).tobytes(), dtype=np.uint8)
+    if buf.size < step * height:
+        raise ValueError(
+            f"{msg.encoding} {width}x{height} with step {step} needs {step * height} bytes, got {buf.size}"
+        )
+    rows = buf[: step * height].reshape(height, step)[:, : width * dtype.itemsize]
+    order = ">" if msg.is_bigendian else "<"
+    return np.ascontiguousarray(rows).view(dtype.newbyteorder(order)).astype(dtype).reshape(height, width)
+
+
+def frame_from_message(topic: str, msgtype: str, recv_ns: int, msg: Any) -> BagFrame:
+    """Decode a deserialised Image / CompressedImage message into a :class:`BagFrame`."""
+    if msgtype == IMAGE_MSGTYPE:
+        if msg.encoding in _MONO:
+            image = _decode_mono(msg)
+        else:
+            image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+        encoding = msg.encoding
+    elif msgtype == COMPRESSED_MSGTYPE:
+        image = decode_compressed(msg.format, msg.data)
+        encoding = f"compressed:{msg.format}"
+    else:
+        raise ValueError(f"topic {topic} has type {msgtype}, not an image ({', '.join(_IMAGE_TYPES)})")
+    return BagFrame(topic, _stamp_ns(msg.header), int(recv_ns), str(msg.header.frame_id), encoding, image)
+
+
+def iter_bag_messages(path: str | Path, topics: list[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
+    """``(topic, msgtype, recv_ns, message)`` for the image topics (all, or ``topics``), in record order.
+
+    The message is deserialised but its image is not decoded (cheap access to headers).
+    Raises ``ValueError`` when a requested topic is missing or is not an image topic.
+    """
+    rosbag2, typestore = _typestore()
+    with rosbag2.Reader(_check_path(path)) as reader:
+        available = {conn.topic: conn.msgtype for conn in reader.connections}
+        if topics is not None:
+            missing = [t for t in topics if t not in available]
+            if missing:
+                raise ValueError(
+                    f"topic(s) {', '.join(missing)} not in bag {path}; it has: {', '.join(sorted(available)) or 'none'}"
+                )
+            wrong = [f"{t} ({available[t]})" for t in topics if available[t] not in _IMAGE_TYPES]
+            if wrong:
+                raise ValueError(f"not image topics: {', '.join(wrong)}")
+        wanted = set(topics) if topics is not None else {t for t, m in available.items() if m in _IMAGE_TYPES}
+        connections = [conn for conn in reader.connections if conn.topic in wanted]
+        if not connections:
+            return
+        for conn, recv_ns, raw in reader.messages(connections=connections):
+            yield conn.topic, conn.msgtype, recv_ns, typestore.deserialize_cdr(raw, conn.msgtype)
+
+
+def iter_bag_frames(path: str | Path, topics: list[str] | None = None) -> Iterator[BagFrame]:
+    """Every Image / CompressedImage message on ``topics`` (default: all image topics), in record order."""
+    for topic, msgtype, recv_ns, msg in iter_bag_messages(path, topics):
+        yield frame_from_message(topic, msgtype, recv_ns, msg)
+
+
+def _split_ns(stamp_ns: int) -> tuple[int, int]:
+    if stamp_ns < 0:
+        raise ValueError(f"stamp must be non-negative, got {stamp_ns}")
+    return stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
+
+
+class ImageBagWriter:
+    """Write ``sensor_msgs/Image`` / ``CompressedImage`` messages to a new rosbag2 recording.
+
+    >>> with ImageBagWriter("out_bag", storage="mcap") as bag:            # doctest: +SKIP
+    ...     bag.write("camera/image", rgb, "rgb8", stamp_ns=t)
+    ...     bag.write("gt/labels", labels, "mono8", stamp_ns=t)
+
+    ``path`` is the bag directory to create (must not exist). ``recv_ns`` (the record time) defaults to
+    the stamp.
+    """
+
+    def __init__(self, path: str | Path, storage: str = "sqlite3") -> None:
+        if storage not in _STORAGES:
+            raise ValueError(f"storage must be one of {_STORAGES}, got {storage!r}")
+        rosbag2, self._typestore = _typestore()
+        plugin = rosbag2.StoragePlugin.MCAP if storage == "mcap" else rosbag2.StoragePlugin.SQLITE3
+        self.path = Path(path)
+        self.storage = storage
+        self._writer = rosbag2.Writer(self.path, version=rosbag2.Writer.VERSION_LATEST, storage_plugin=plugin)
+        self._connections: dict[tuple[str, str], Any] = {}
+        self._open = False
+
+    def open(self) -> Self:
+        self._writer.open()
+        self._open = True
+        return self
+
+    def close(self) -> None:
+        if self._open:
+            self._writer.close()
+            self._open = False
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _connection(self, topic: str, msgtype: str) -> Any:
+        if not self._open:
+            raise RuntimeError("ImageBagWriter is not open (use it as a context manager)")
+        key = (topic, msgtype)
+        if key not in self._connections:
+            if any(t == topic for t, _ in self._connections):
+                raise ValueError(f"topic {topic} already carries another message type")
+            self._connections[key] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+        return self._connections[key]
+
+    def _header(self, stamp_ns: int, frame_id: str) -> Any:
+        types = self._typestore.types
+        sec, nanosec = _split_ns(int(stamp_ns))
+        stamp = types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+        return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def write(
+        self,
+        topic: str,
+        image: np.ndarray,
+        encoding: str,
+        stamp_ns: int,
+        recv_ns: int | None = None,
+        frame_id: str = "camera",
+    ) -> None:
+        """Write an ``H x W`` or ``H x W x C`` array as a ``sensor_msgs/Image`` with ``encoding``.
+
+        The array must already be laid out as the encoding says (e.g. ``rgb8``: RGB uint8 ``H x W x 3``;
+        ``mono16``: uint16 ``H x W``; stored little-endian).
+        """
+        image = np.asarray(image)
+        if image.ndim not in (2, 3) or image.size == 0:
+            raise ValueError(f"image must be a non-empty H x W or H x W x C array, got shape {image.shape}")
+        if encoding == "mono8" and (image.dtype != np.uint8 or image.ndim != 2):
+            raise ValueError(f"mono8 needs a 2-D uint8 array, got {image.dtype} {image.shape}")
+        if encoding == "mono16" and (image.dtype != np.uint16 or image.ndim != 2):
+            raise ValueError(f"mono16 needs a 2-D uint16 array, got {image.dtype} {image.shape}")
+        if encoding in ("rgb8", "bgr8") and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
+            raise ValueError(f"{encoding} needs an H x W x 3 uint8 array, got {image.dtype} {image.shape}")
+        if image.dtype.itemsize > 1:
+            image = image.astype(image.dtype.newbyteorder("<"), copy=False)
+        data = np.ascontiguousarray(image)
+        msgtype = IMAGE_MSGTYPE
+        msg = self._typestore.types[msgtype](
+            header=self._header(stamp_ns, frame_id),
+            height=data.shape[0],
+            width=data.shape[1],
+            encoding=encoding,
+            is_bigendian=0,
+            step=data.strides[0],
+            data=np.frombuffer(data.tobytes(), dtype=np.uint8),
+        )
+        self._put(topic, msgtype, msg, stamp_ns, recv_ns)
+
+    def write_compressed(
+        self,
+        topic: str,
+        data: bytes,
+        fmt: str,
+        stamp_ns: int,
+        recv_ns: int | None = None,
+        frame_id: str = "camera",
+    ) -> None:
+        """Write already-encoded JPEG/PNG bytes as a ``sensor_msgs/CompressedImage`` (``fmt``: "jpeg", "png")."""
+        if not data:
+            raise ValueError("compressed image data is empty")
+        msgtype = COMPRESSED_MSGTYPE
+        msg = self._typestore.types[msgtype](
+            header=self._header(stamp_ns, frame_id), format=fmt, data=np.frombuffer(bytes(data), dtype=np.uint8)
+        )
+        self._put(topic, msgtype, msg, stamp_ns, recv_ns)
+
+    def _put(self, topic: str, msgtype: str, msg: Any, stamp_ns: int, recv_ns: int | None) -> None:
+        conn = self._connection(topic, msgtype)
+        timestamp = int(stamp_ns if recv_ns is None else recv_ns)
+        if timestamp < 0:
+            raise ValueError(f"record time must be non-negative, got {timestamp}")
+        self._writer.write(conn, timestamp, self._typestore.serialize_cdr(msg, msgtype))
