@@ -1,0 +1,1 @@
+"""Measurement and maintenance scripts (not imported by the node)."""

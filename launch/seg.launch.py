@@ -1,0 +1,82 @@
+"""Start one evit_ros seg_node for one camera.
+
+    ros2 launch evit_ros seg.launch.py image:=/front/image_raw namespace:=front resolution:=512x1024
+    ros2 launch evit_ros seg.launch.py use_compressed:=true backend:=onnxruntime build_only:=true
+
+The node's parameters come from params_file (default: the package's config/seg.yaml); model, resolution,
+backend and precision given here override it ('' keeps the file's value). For several cameras include this
+file once per camera with a different namespace. With rmw_fastrtps_cpp (the default RMW) the shipped Fast DDS
+profile config/fastdds_shm.xml (64 MiB shared-memory segment) is applied to everything this launch starts,
+unless FASTDDS_DEFAULT_PROFILES_FILE is already set or dds_profile:='' is given.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+OVERRIDABLE = ("model", "resolution", "backend", "precision")
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _setup(context):
+    share = get_package_share_directory("evit_ros")
+    arg = {
+        name: LaunchConfiguration(name).perform(context)
+        for name in (*OVERRIDABLE, "image", "namespace", "params_file", "use_compressed", "build_only", "dds_profile")
+    }
+    actions = []
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    profile = arg["dds_profile"]
+    if profile == "default":
+        profile = os.path.join(share, "config", "fastdds_shm.xml")
+    if profile and rmw.startswith("rmw_fastrtps") and "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        actions.append(SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile))
+
+    overrides = {name: arg[name] for name in OVERRIDABLE if arg[name]}
+    compressed = _truthy(arg["use_compressed"])
+    overrides["input_transport"] = "compressed" if compressed else "raw"
+    overrides["build_only"] = _truthy(arg["build_only"])
+    image_topic = arg["image"]
+    remaps = [("image/compressed", image_topic + "/compressed")] if compressed else [("image", image_topic)]
+    actions.append(
+        Node(
+            package="evit_ros",
+            executable="seg_node",
+            name="seg_node",
+            namespace=arg["namespace"],
+            parameters=[arg["params_file"], overrides] if arg["params_file"] else [overrides],
+            remappings=remaps,
+            output="screen",
+            emulate_tty=True,
+        )
+    )
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("evit_ros")
+    args = [
+        DeclareLaunchArgument("model", default_value="", description="variant, e.g. b0-cityscapes ('' = params_file)"),
+        DeclareLaunchArgument("resolution", default_value="", description="network input HxW ('' = params_file)"),
+        DeclareLaunchArgument("backend", default_value="", description="auto|tensorrt|torch|onnxruntime"),
+        DeclareLaunchArgument("precision", default_value="", description="fp32|fp16|int8 ('' = params_file)"),
+        DeclareLaunchArgument("image", default_value="image", description="input image topic (base name)"),
+        DeclareLaunchArgument("namespace", default_value="", description="camera namespace of the node"),
+        DeclareLaunchArgument(
+            "params_file", default_value=os.path.join(share, "config", "seg.yaml"), description="YAML"
+        ),
+        DeclareLaunchArgument("use_compressed", default_value="false", description="subscribe <image>/compressed"),
+        DeclareLaunchArgument("build_only", default_value="false", description="build the engine, then exit"),
+        DeclareLaunchArgument(
+            "dds_profile", default_value="default", description="Fast DDS XML profile ('default': fastdds_shm.xml)"
+        ),
+    ]
+    return LaunchDescription([*args, OpaqueFunction(function=_setup)])
