@@ -1,0 +1,209 @@
+"""ROS image payloads <-> numpy, without ROS.
+
+Pure numpy + OpenCV conversions of ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` payloads to
+RGB ``uint8`` arrays, and of label maps to ``mono8``/``mono16`` payloads. This module never imports rclpy:
+the ROS layer (``evit_ros.ros``) passes it the message fields.
+
+Conventions:
+
+* Every decoder returns an ``H x W x 3`` ``uint8`` RGB array that is C-contiguous and owns (or solely
+  references) writable memory; the payload is viewed with ``np.frombuffer`` + ``as_strided`` (honouring the
+  row ``step``) and converted with a single OpenCV call, so there is at most one copy.
+* ``mono16`` is reduced to 8 bits by keeping the high byte (``value >> 8``): a full-range 16-bit image maps
+  to the full 8-bit range, and no per-frame normalisation makes brightness jump between frames.
+  ``is_bigendian`` is honoured.
+* ``yuv422`` is UYVY byte order (ROS 2's ``sensor_msgs/image_encodings`` ``YUV422 = "yuv422"`` is UYVY, and
+  ``uyvy`` is the newer alias); ``yuv422_yuy2`` and ``yuyv`` are YUYV. YUV is decoded with OpenCV's
+  BT.601 limited-range conversion.
+* ``nv12``/``nv21``: ``step`` is the stride of the Y rows; the interleaved chroma plane (``height / 2`` rows
+  of the same stride) starts ``height * step`` bytes after the start.
+* Bayer names follow ROS (the 2x2 pattern starting at the top-left pixel). OpenCV's classic two-letter
+  codes name the pattern from the second row/column, so ROS ``bayer_rggb8`` is ``COLOR_BayerBG2RGB``
+  (OpenCV 5 also spells it ``COLOR_BayerRGGB2RGB``); the tests verify this on a synthetic mosaic.
+
+Malformed input raises ``ValueError`` with the reason.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+__all__ = [
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "SUPPORTED_ENCODINGS",
+    "bytes_per_pixel",
+    "decode_compressed",
+    "decode_image",
+    "encode_labels",
+    "rgb_to_bgr",
+]
+
+MAX_SIDE = 16384
+MAX_PIXELS = 1 << 28
+
+# encoding -> (channels of the packed view, bytes per channel, OpenCV code or None)
+_PACKED: dict[str, tuple[int, int, int | None]] = {
+    "rgb8": (3, 1, None),
+    "bgr8": (3, 1, cv2.COLOR_BGR2RGB),
+    "rgba8": (4, 1, cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, 1, cv2.COLOR_BGRA2RGB),
+    "mono8": (1, 1, cv2.COLOR_GRAY2RGB),
+    "mono16": (1, 2, cv2.COLOR_GRAY2RGB),
+    "yuv422": (2, 1, cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": (2, 1, cv2.COLOR_YUV2RGB_UYVY),
+    "yuv422_yuy2": (2, 1, cv2.COLOR_YUV2RGB_YUYV),
+    "yuyv": (2, 1, cv2.COLOR_YUV2RGB_YUYV),
+    # ROS names the pattern from the top-left pixel; OpenCV's two-letter names from the second row/column.
+    "bayer_rggb8": (1, 1, cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr8": (1, 1, cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg8": (1, 1, cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg8": (1, 1, cv2.COLOR_BayerGB2RGB),
+}
+_PLANAR: dict[str, int] = {"nv12": cv2.COLOR_YUV2RGB_NV12, "nv21": cv2.COLOR_YUV2RGB_NV21}
+_YUV422 = frozenset({"yuv422", "uyvy", "yuv422_yuy2", "yuyv"})
+
+SUPPORTED_ENCODINGS: tuple[str, ...] = (*_PACKED, *_PLANAR)
+
+
+def bytes_per_pixel(encoding: str) -> float:
+    """Bytes per pixel of a supported encoding (1.5 for nv12/nv21, counting both planes)."""
+    if encoding in _PACKED:
+        channels, depth, _ = _PACKED[encoding]
+        return channels * depth
+    if encoding in _PLANAR:
+        return 1.5
+    raise ValueError(f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+
+
+def _check_size(height: int, width: int) -> None:
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
+        raise ValueError(f"image size {width}x{height} is implausible (limit {MAX_SIDE} a side, {MAX_PIXELS} pixels)")
+
+
+def _as_bytes(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """A flat uint8 view of any buffer (no copy for contiguous input)."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"image data of type {type(data).__name__} is not a byte buffer: {exc}") from exc
+
+
+def _convert(view: np.ndarray, code: int, encoding: str) -> np.ndarray:
+    try:
+        return cv2.cvtColor(view, code)
+    except cv2.error as exc:  # not expected after the checks above; keep the ValueError contract anyway
+        raise ValueError(f"OpenCV cannot convert this {encoding} image ({view.shape}): {exc}") from exc
+
+
+def decode_image(
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: bytes | bytearray | memoryview | np.ndarray,
+    is_bigendian: int = 0,
+) -> np.ndarray:
+    """Decode a raw ``sensor_msgs/Image`` payload into an ``H x W x 3`` uint8 RGB C-contiguous array.
+
+    Raises ``ValueError`` for an unsupported encoding, a non-positive or implausible size, a ``step``
+    smaller than one row, data shorter than the image, or dimensions the chroma subsampling cannot split.
+    """
+    height, width, step = int(height), int(width), int(step)
+    if encoding not in _PACKED and encoding not in _PLANAR:
+        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+    _check_size(height, width)
+    buf = _as_bytes(data)
+
+    if encoding in _PLANAR:
+        if height % 2 or width % 2:
+            raise ValueError(f"{encoding} needs an even width and height, got {width}x{height}")
+        if step < width:
+            raise ValueError(f"step {step} is smaller than one {encoding} Y row ({width} bytes)")
+        rows = height + height // 2
+        if buf.size < step * rows:
+            raise ValueError(
+                f"{encoding} {width}x{height} with step {step} needs {step * rows} bytes "
+                f"(Y plane + UV plane), got {buf.size}"
+            )
+        view = as_strided(buf, shape=(rows, width), strides=(step, 1), writeable=False)
+        return _convert(view, _PLANAR[encoding], encoding)
+
+    channels, depth, code = _PACKED[encoding]
+    if encoding in _YUV422 and width % 2:
+        raise ValueError(f"{encoding} needs an even width (two pixels share chroma), got {width}")
+    row_bytes = width * channels * depth
+    if step < row_bytes:
+        raise ValueError(f"step {step} is smaller than one {encoding} row ({width} px x {channels * depth} B)")
+    if buf.size < step * height:
+        raise ValueError(f"{encoding} {width}x{height} with step {step} needs {step * height} bytes, got {buf.size}")
+
+    if depth == 2:  # mono16 -> 8 bits: keep the high byte (value >> 8), whichever end of the word it is at
+        high_byte = 0 if is_bigendian else 1
+        view = as_strided(buf[high_byte:], shape=(height, width), strides=(step, 2), writeable=False)
+        return _convert(np.ascontiguousarray(view), cv2.COLOR_GRAY2RGB, encoding)
+
+    if channels == 1:
+        view = as_strided(buf, shape=(height, width), strides=(step, 1), writeable=False)
+    else:
+        view = as_strided(buf, shape=(height, width, channels), strides=(step, channels, 1), writeable=False)
+    if code is None:  # rgb8: only a copy is needed (compact, writable, detached from the message buffer)
+        return np.array(view, dtype=np.uint8, order="C", copy=True)
+    return _convert(view, code, encoding)
+
+
+def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` payload (JPEG, PNG, ... anything cv2.imdecode reads) to RGB.
+
+    ``fmt`` is the message's ``format`` field: ``"jpeg"``, ``"png"``, or image_transport's
+    ``"<encoding>; <jpeg|png> compressed <encoding>"``. Whatever the original encoding, the compressed
+    stream holds an ordinary image, which OpenCV decodes to BGR; this returns RGB. ``compressedDepth``
+    streams (16/32-bit depth with a custom header) are rejected.
+    """
+    if "compresseddepth" in fmt.lower().replace(" ", ""):
+        raise ValueError(f"compressedDepth images are not supported (format {fmt!r})")
+    buf = _as_bytes(data)
+    if buf.size == 0:
+        raise ValueError(f"compressed image ({fmt!r}) has no data")
+    try:
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ValueError(f"cannot decode compressed image ({fmt!r}, {buf.size} bytes): {exc}") from exc
+    if bgr is None or bgr.size == 0:
+        raise ValueError(f"cannot decode compressed image ({fmt!r}, {buf.size} bytes): corrupt or unknown format")
+    _check_size(bgr.shape[0], bgr.shape[1])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_labels(labels: np.ndarray) -> tuple[str, int, bytes]:
+    """A 2-D label map as ``(encoding, step, data)`` for a ``sensor_msgs/Image``.
+
+    ``uint8`` -> ``"mono8"``; ``uint16`` -> ``"mono16"`` (little-endian, so ``is_bigendian = 0``).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
+    _check_size(labels.shape[0], labels.shape[1])
+    if labels.dtype == np.uint8:
+        encoding = "mono8"
+    elif labels.dtype == np.uint16:
+        encoding = "mono16"
+        labels = labels.astype("<u2", copy=False)
+    else:
+        raise ValueError(f"labels must be uint8 or uint16, got {labels.dtype}")
+    contiguous = np.ascontiguousarray(labels)
+    return encoding, contiguous.strides[0], contiguous.tobytes()
+
+
+def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    """Swap the channel order of an ``H x W x 3`` image (RGB <-> BGR), returning a C-contiguous copy."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
+    return np.ascontiguousarray(image[:, :, ::-1])
