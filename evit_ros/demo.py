@@ -209,13 +209,30 @@ def default_source() -> str | None:
     return str(path) if path and path.is_dir() else None
 
 
+def demo_resolution(source: str, short_side: int = 384) -> str | None:
+    """A network size that keeps the source's aspect ratio: a CPU can keep up with a live camera at ~384 rows,
+    where the variants' evaluation sizes (1024x2048 for Cityscapes) take over a second per frame."""
+    from evit_ros.processing import fit_resolution
+    from evit_ros.ros.play import open_source
+
+    try:
+        _, first = next(iter(open_source(source).iter_pass()))
+    except (StopIteration, ValueError, OSError):
+        return None
+    return "{}x{}".format(*fit_resolution(first.shape[0], first.shape[1], short_side))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evit_ros.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=None, help="folder of images, video or rosbag2 (default: CamVid val)")
     parser.add_argument("--out", default="demo_out", help="output folder for overlay PNGs and summary.json")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--weights", default=None, help="checkpoint (default: the test data's B0, else cache/Hub)")
-    parser.add_argument("--resolution", default=None, help="network input HxW (default: the variant's)")
+    parser.add_argument(
+        "--resolution",
+        default=None,
+        help="network input HxW (default: the source's aspect ratio with a short side of 384, e.g. 384x512 for CamVid)",
+    )
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--num-threads", type=int, default=0)
     parser.add_argument("--rate", type=float, default=None, help="replay rate in Hz (default: the source's)")
@@ -233,6 +250,8 @@ def run_demo(args: argparse.Namespace) -> int:
     weights = args.weights or default_weights()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("overlay_*.png"):  # a previous run's frames would mix with this one's
+        stale.unlink()
     env = ros_env(dds_profile=not args.no_dds_profile)
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})  # this process joins the same graph
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
@@ -244,7 +263,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from evit_ros.encodings import decode_image
 
-    node_cmd = node_command(NAMESPACE, args.model, weights, args.resolution, args.backend, args.num_threads)
+    resolution = args.resolution or demo_resolution(source)
+    node_cmd = node_command(NAMESPACE, args.model, weights, resolution, args.backend, args.num_threads)
     print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} profile={env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}")
     node_proc = subprocess.Popen(node_cmd, env=env)
     play_proc = None

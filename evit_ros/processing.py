@@ -30,8 +30,11 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"image size {w}x{h} is outside 1..{MAX_SIDE} per side")
 
 
-def ade20k_resolution(height: int, width: int, short_side: int = 512) -> tuple[int, int]:
-    """ADE20K evaluation size: short side `short_side`, long side scaled and rounded up to x32."""
+def fit_resolution(height: int, width: int, short_side: int = 512) -> tuple[int, int]:
+    """Network size for an image: short side `short_side`, long side scaled and rounded up to x32.
+
+    With short_side=512 this is the ADE20K evaluation size.
+    """
     if height <= width:
         return short_side, int(math.ceil(width * short_side / height / 32) * 32)
     return int(math.ceil(height * short_side / width / 32) * 32), short_side

@@ -9,7 +9,7 @@ import numpy as np
 
 from .backends import Backend, BackendConfig, create_backend, resolve_backend_name
 from .classes import class_table
-from .processing import ade20k_resolution, postprocess, preprocess
+from .processing import fit_resolution, postprocess, preprocess
 from .variants import DEFAULT_MODEL, Variant, get_variant, parse_resolution
 
 
@@ -22,7 +22,7 @@ class Segmentation:
 
 def default_resolution(variant: Variant, image_shape: tuple[int, int] | None = None) -> tuple[int, int]:
     if variant.dataset == "ade20k" and image_shape is not None:
-        return ade20k_resolution(*image_shape)
+        return fit_resolution(*image_shape)
     return variant.default_resolution
 
 
