@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from reference_metrics import independent_scores
 
 import evit_ros
 from evit_ros.bagio import ImageBagWriter, bag_topics, iter_bag_frames
@@ -21,23 +22,6 @@ CAMVID_MAP = Path(evit_ros.__file__).parent / "data" / "cityscapes_to_camvid11.y
 N_FRAMES = 8
 DROPPED = {2, 5}  # frames the simulated node never answered
 RESOLUTION = "384x512"
-
-
-def independent_scores(
-    pairs: list[tuple[np.ndarray, np.ndarray]], n: int, ignore: int
-) -> tuple[list[float], float, float]:
-    """Per-class loop: IoU = |GT_c & P_c| / |GT_c | P_c| over non-ignored pixels; mean over classes present."""
-    ious = []
-    for c in range(n):
-        inter = union = 0
-        for gt, pred in pairs:
-            valid = gt != ignore
-            inter += int(np.sum((gt == c) & (pred == c) & valid))
-            union += int(np.sum(((gt == c) | (pred == c)) & valid))
-        ious.append(inter / union if union else math.nan)
-    present = [v for v in ious if not math.isnan(v)]
-    correct = sum(int(np.sum((gt == pred) & (gt != ignore))) for gt, pred in pairs)
-    return ious, sum(present) / len(present), correct / sum(int(np.sum(gt != ignore)) for gt, _ in pairs)
 
 
 def _eval(argv: list[str]) -> int:

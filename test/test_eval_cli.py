@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from reference_metrics import independent_scores
 
 import evit_ros
 from evit_ros.cli import main as evit_main
@@ -16,21 +17,6 @@ from evit_ros.evaluation.classmap import ClassMap
 from evit_ros.evaluation.sources import FolderSource, detect_layout
 
 CAMVID_MAP = Path(evit_ros.__file__).parent / "data" / "cityscapes_to_camvid11.yaml"
-
-
-def independent_miou(pairs: list[tuple[np.ndarray, np.ndarray]], n: int, ignore: int) -> tuple[float, float]:
-    """Per-class loop over the dataset: IoU_c = |G_c & P_c| / |G_c | P_c| on non-ignored pixels; mean of present."""
-    ious = []
-    for c in range(n):
-        inter = union = 0
-        for gt, pred in pairs:
-            valid = gt != ignore
-            inter += int(np.sum((gt == c) & (pred == c) & valid))
-            union += int(np.sum(((gt == c) | (pred == c)) & valid))
-        if union:
-            ious.append(inter / union)
-    correct = sum(int(np.sum((gt == pred) & (gt != ignore))) for gt, pred in pairs)
-    return sum(ious) / len(ious), correct / sum(int(np.sum(gt != ignore)) for gt, _ in pairs)
 
 
 def _camvid_subset(camvid_pairs: list[tuple[Path, Path]], root: Path, n: int) -> Path:
@@ -59,7 +45,7 @@ def test_eval_reproduces_predict_on_camvid(camvid_pairs, b0_checkpoint: Path, tm
         pred = cv2.imread(str(pred_dir / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
         gt = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
         pairs.append((gt.astype(np.int64), cmap.pred_lut[pred]))
-    ref_miou, ref_acc = independent_miou(pairs, 11, 11)
+    _, ref_miou, ref_acc = independent_scores(pairs, 11, 11)
 
     report = tmp_path / "report_model"
     argv = ["eval", str(root), "--class-map", str(CAMVID_MAP), *model, "--report", str(report), "--no-progress"]
@@ -105,7 +91,7 @@ def test_paired_folder_with_ade20k_ground_truth(tmp_path: Path) -> None:
             "--no-progress"]  # fmt: skip
     assert evit_main(argv) == 0
     data = json.loads((report / "report.json").read_text())
-    ref_miou, ref_acc = independent_miou(pairs, 150, 255)
+    _, ref_miou, ref_acc = independent_scores(pairs, 150, 255)
     assert data["miou"] == pytest.approx(ref_miou, abs=1e-12)
     assert data["pixel_accuracy"] == pytest.approx(ref_acc, abs=1e-12)
     assert data["meta"]["gt_map"] == "ade20k" and len(data["per_class_iou"]) == 150

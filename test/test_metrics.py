@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from reference_metrics import independent_scores
 
 from evit_ros.classes import cityscapes_labelid_lut
 from evit_ros.evaluation.classmap import ClassMap, ade20k_gt_lut
@@ -22,26 +23,6 @@ from evit_ros.evaluation.metrics import (
     mean_iou,
     pixel_accuracy,
 )
-
-
-def reference_scores(
-    pairs: list[tuple[np.ndarray, np.ndarray]], n: int, ignore: int
-) -> tuple[list[float], float, float]:
-    """Independent per-class loop: IoU over valid GT pixels; a prediction outside 0..n-1 is simply wrong."""
-    ious = []
-    for c in range(n):
-        inter = union = 0
-        for gt, pred in pairs:
-            valid = gt != ignore
-            g = (gt == c) & valid
-            p = (pred == c) & valid
-            inter += int(np.sum(g & p))
-            union += int(np.sum(g | p))
-        ious.append(inter / union if union else math.nan)
-    present = [v for v in ious if not math.isnan(v)]
-    correct = sum(int(np.sum((gt == pred) & (gt != ignore))) for gt, pred in pairs)
-    total = sum(int(np.sum(gt != ignore)) for gt, _ in pairs)
-    return ious, sum(present) / len(present), correct / total
 
 
 def test_confusion_matrix_counts_match_a_pixel_loop() -> None:
@@ -70,7 +51,7 @@ def test_scores_match_independent_loop_with_absent_classes_and_void() -> None:
         pred[rng.random(gt.shape) < 0.05] = ignore  # void predictions count as wrong
         pairs.append((gt, pred))
         acc.update(gt, pred)
-    ref_iou, ref_miou, ref_acc = reference_scores(pairs, n, ignore)
+    ref_iou, ref_miou, ref_acc = independent_scores(pairs, n, ignore)
     scores = acc.scores()
     np.testing.assert_allclose(scores.iou, ref_iou, rtol=0, atol=1e-12, equal_nan=True)
     assert math.isnan(scores.iou[6]) and not math.isnan(scores.iou[5])  # 5 is predicted (all FP): IoU 0
