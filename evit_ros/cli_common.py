@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from .backends import BACKENDS, PRECISIONS
 from .variants import DEFAULT_MODEL, VARIANTS
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = "auto") -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    default_backend: str = "auto",
+    precisions: Sequence[str] = PRECISIONS,
+    with_backend: bool = True,
+) -> None:
+    """Add --model/--weights/--resolution/--precision; with_backend adds the runtime options too."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(VARIANTS), help="official variant")
     g.add_argument(
@@ -18,8 +25,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
         "'random' for untrained weights (smoke tests only)",
     )
     g.add_argument("--resolution", default=None, help="network input HxW, multiples of 32 (default: the variant's)")
+    g.add_argument("--precision", default="fp32", choices=list(precisions))
+    if not with_backend:
+        return
     g.add_argument("--backend", default=default_backend, choices=BACKENDS)
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: picked by the backend)")
     g.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
     g.add_argument("--engine-cache-dir", default=None, help="where ONNX files and TensorRT engines are cached")

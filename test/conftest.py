@@ -58,3 +58,27 @@ def camvid_pairs(shared_data: Path) -> list[tuple[Path, Path]]:
 def require(module: str):
     """Import an optional dependency or skip the test that needs it."""
     return pytest.importorskip(module, reason=f"{module} is not installed")
+
+
+@pytest.fixture(scope="session")
+def b0_onnx(b0_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official B0 exported once per session at 512x1024 (logits head) through `evit-ros export`."""
+    require("onnx")
+    require("onnxruntime")
+    from evit_ros.cli import main
+
+    out = tmp_path_factory.mktemp("onnx") / "b0_512x1024.onnx"
+    args = ["export", "--model", "b0-cityscapes", "--weights", str(b0_checkpoint), "--resolution", "512x1024"]
+    assert main([*args, str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_frames(shared_data: Path) -> list[Path]:
+    """Two real Cityscapes frames (2048x1024) and two CamVid frames (480x360)."""
+    city = sorted((shared_data / "cityscapes" / "fullres_unlabeled").glob("frankfurt_*.png"))[:2]
+    camvid = sorted((shared_data / "camvid" / "val").glob("*.png"))[:2]
+    frames = city + camvid
+    if len(frames) < 4:
+        pytest.skip("real frames missing from the shared data")
+    return frames

@@ -33,6 +33,9 @@ class TorchBackend(Backend):
             torch.set_num_threads(config.num_threads)
         self.dtype = torch.float16 if config.precision == "fp16" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
+        if config.options.get("compile"):
+            # Opt-in: inductor needs a C++ compiler (CPU) or Triton (CUDA) and adds a warm-up compile.
+            self.model = torch.compile(self.model, dynamic=False)
         self._graph = None
         if self.device.type == "cuda" and config.options.get("cuda_graphs", True):
             self._capture_graph()
