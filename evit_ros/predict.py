@@ -11,13 +11,7 @@ import cv2
 import numpy as np
 
 from .cli_common import add_model_arguments, segmenter_from_args
-from .processing import overlay
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+from .processing import list_images, overlay
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,8 @@ resolution, /255, ImageNet mean/std, NCHW float32; logits resized bicubic
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,7 +20,14 @@ _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
 _INV_STD = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255.0)
 
 MAX_SIDE = 16384
+# Still-image files every folder reader (predict, play, eval, INT8 calibration) accepts.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"})
 _CV_MAX_CHANNELS = 128
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in `folder`, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def check_image(image: np.ndarray) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..processing import list_images
 from .base import Backend, BackendConfig
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 ENGINE_FORMAT_VERSION = "1"
 ATTENTION_TOKEN = "/linear_attention/"
 PROGRESS_INTERVAL_S = 5.0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -182,11 +182,11 @@ def accuracy_gate(
     return GateResult(nonfinite, agreement, max_abs, nonfinite == 0 and agreement >= min_label_agreement)
 
 
-def list_images(folder: str | os.PathLike, limit: int) -> list[Path]:
+def calibration_images(folder: str | os.PathLike, limit: int) -> list[Path]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(root)
     if not files:
         raise FileNotFoundError(f"no images in {root}")
     return files[:limit]
@@ -199,7 +199,7 @@ def load_frames(folder: str | os.PathLike, resolution: tuple[int, int], batch: i
     from ..processing import preprocess
 
     frames = []
-    for path in list_images(folder, limit):
+    for path in calibration_images(folder, limit):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is not None:
             frames.append(preprocess(bgr, resolution, order="bgr")[0])

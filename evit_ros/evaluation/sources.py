@@ -30,6 +30,7 @@ from evit_ros.bagio import (
     frame_from_message,
     iter_bag_messages,
 )
+from evit_ros.processing import IMAGE_SUFFIXES
 
 __all__ = [
     "BagModelSource",
@@ -42,7 +43,6 @@ __all__ = [
     "read_label_png",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = ("cityscapes", "camvid", "paired")
 _PENDING_LIMIT = 512  # unmatched messages kept per topic while pairing by stamp
 
@@ -122,7 +122,7 @@ def _cityscapes_pairs(root: Path) -> tuple[list[tuple[str, Path, Path]], str]:
     return [(pre, img, gt[kind][pre]) for pre, img in zip(prefixes, images)], kind
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: frozenset[str] | tuple[str, ...]) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in suffixes}
 
 

@@ -52,9 +52,9 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from evit_ros.processing import IMAGE_SUFFIXES, list_images
 from evit_ros.ros.conversions import image_to_msg
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"})
 BAG_SUFFIXES = frozenset({".db3", ".mcap"})
 DEFAULT_FOLDER_RATE = 15.0
 MIN_TIMER_NS = 1_000
@@ -81,7 +81,7 @@ class FolderSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = list_images(path)
         if not self.files:
             raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
         self.rate = DEFAULT_FOLDER_RATE
