@@ -19,7 +19,7 @@ $(STAMP): setup.py requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m evit_ros.demo $(DEMO_ARGS)
+	$(PY) -m evit_ros.cli.demo $(DEMO_ARGS)
 
 # pytest exits 5 when nothing was collected; that is not a failure of the code.
 test: $(STAMP)

@@ -32,9 +32,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "evit-ros = evit_ros.cli:main",
+            "evit-ros = evit_ros.cli.main:main",
             "seg_node = evit_ros.ros.seg_node:main",
-            "evit_play = evit_ros.ros.play:main",
+            "evit_play = evit_ros.cli.play:main",
         ],
     },
 )

@@ -4,7 +4,7 @@ Importing the package needs only numpy and OpenCV; torch, onnxruntime, tensorrt 
 are imported by the modules that use them.
 """
 
-from .variants import DEFAULT_MODEL, VARIANTS, get_variant
+from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant
 
 __version__ = "0.1.0"
 __all__ = ["DEFAULT_MODEL", "VARIANTS", "get_variant", "__version__"]

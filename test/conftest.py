@@ -65,7 +65,7 @@ def b0_onnx(b0_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """The official B0 exported once per session at 512x1024 (logits head) through `evit-ros export`."""
     require("onnx")
     require("onnxruntime")
-    from evit_ros.cli import main
+    from evit_ros.cli.main import main
 
     out = tmp_path_factory.mktemp("onnx") / "b0_512x1024.onnx"
     args = ["export", "--model", "b0-cityscapes", "--weights", str(b0_checkpoint), "--resolution", "512x1024"]

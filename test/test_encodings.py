@@ -1,4 +1,4 @@
-"""evit_ros.encodings on real CamVid frames: every encoding against an independently built payload."""
+"""evit_ros.io.encodings on real CamVid frames: every encoding against an independently built payload."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from evit_ros.encodings import (
+from evit_ros.io.encodings import (
     SUPPORTED_ENCODINGS,
     decode_compressed,
     decode_image,

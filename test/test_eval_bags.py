@@ -13,10 +13,10 @@ import pytest
 from reference_metrics import independent_scores
 
 import evit_ros
-from evit_ros.bagio import ImageBagWriter, bag_topics, iter_bag_frames
+from evit_ros.cli.eval import add_eval_arguments, run_eval
 from evit_ros.evaluation.classmap import ClassMap
-from evit_ros.evaluation.cli import add_eval_arguments, run_eval
 from evit_ros.evaluation.latency import latency_from_bag
+from evit_ros.io.bagio import ImageBagWriter, bag_topics, iter_bag_frames
 
 CAMVID_MAP = Path(evit_ros.__file__).parent / "data" / "cityscapes_to_camvid11.yaml"
 N_FRAMES = 8
@@ -97,7 +97,7 @@ def recording(camvid_pairs: list[tuple[Path, Path]], b0_checkpoint: Path) -> dic
     import torch
 
     torch.set_num_threads(1)
-    from evit_ros.segmenter import Segmenter
+    from evit_ros.pipeline.segmenter import Segmenter
 
     names_t = {}
     seq = camvid_pairs[0][0].parents[1] / "val_sequence.txt"

@@ -12,7 +12,7 @@ import pytest
 from reference_metrics import independent_scores
 
 import evit_ros
-from evit_ros.cli import main as evit_main
+from evit_ros.cli.main import main as evit_main
 from evit_ros.evaluation.classmap import ClassMap
 from evit_ros.evaluation.sources import FolderSource, detect_layout
 

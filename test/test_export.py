@@ -14,10 +14,8 @@ onnx = require("onnx")
 require("onnxruntime")
 torch = require("torch")
 
-from evit_ros.classes import CITYSCAPES_CLASSES  # noqa: E402
-from evit_ros.export import check_parity, export_onnx  # noqa: E402
-from evit_ros.model import LiteMLA, build_model  # noqa: E402
-from evit_ros.onnx_graph import (  # noqa: E402
+from evit_ros.deploy.onnx_export import check_parity, export_onnx  # noqa: E402
+from evit_ros.deploy.onnx_graph import (  # noqa: E402
     ATTENTION_SCOPE,
     fp32_pin_nodes,
     metadata,
@@ -25,9 +23,11 @@ from evit_ros.onnx_graph import (  # noqa: E402
     tensorrt_supported_ops,
     unsupported_tensorrt_ops,
 )
-from evit_ros.processing import IMAGENET_MEAN, IMAGENET_STD, preprocess  # noqa: E402
-from evit_ros.variants import get_variant  # noqa: E402
-from evit_ros.weights import load_model, sha256_of  # noqa: E402
+from evit_ros.network.classes import CITYSCAPES_CLASSES  # noqa: E402
+from evit_ros.network.model import LiteMLA, build_model  # noqa: E402
+from evit_ros.network.variants import get_variant  # noqa: E402
+from evit_ros.network.weights import load_model, sha256_of  # noqa: E402
+from evit_ros.pipeline.processing import IMAGENET_MEAN, IMAGENET_STD, preprocess  # noqa: E402
 
 # What LinearAttentionCore.forward computes on maps larger than the head dim (h*w > dim), op by op:
 # cast in, reshape, 3 slices (q, k, v), 2 ReLUs, pad v with ones, transpose k, 2 matmuls, 2 slices
@@ -177,7 +177,7 @@ def test_parity_check_detects_a_real_mismatch(b0_onnx: Path, b0_checkpoint: Path
 
 
 def test_export_cli_fails_above_tolerance(tmp_path: Path, capsys) -> None:
-    from evit_ros.cli import main
+    from evit_ros.cli.main import main
 
     out = tmp_path / "b0.onnx"
     # ONNX Runtime (BatchNorm folded into convs, fused kernels) never reproduces PyTorch bit for bit,

@@ -18,10 +18,10 @@ cv2 = require("cv2")
 
 import torch.nn.functional as F  # noqa: E402
 
-from evit_ros.model import LinearAttentionCore  # noqa: E402
-from evit_ros.processing import preprocess  # noqa: E402
-from evit_ros.variants import get_variant  # noqa: E402
-from evit_ros.weights import load_model  # noqa: E402
+from evit_ros.network.model import LinearAttentionCore  # noqa: E402
+from evit_ros.network.variants import get_variant  # noqa: E402
+from evit_ros.network.weights import load_model  # noqa: E402
+from evit_ros.pipeline.processing import preprocess  # noqa: E402
 
 RES = (1024, 2048)
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from reference_metrics import independent_scores
 
-from evit_ros.classes import cityscapes_labelid_lut
+from evit_ros.cli.eval import add_eval_arguments, run_eval
 from evit_ros.evaluation.classmap import ClassMap, ade20k_gt_lut
-from evit_ros.evaluation.cli import add_eval_arguments, run_eval
 from evit_ros.evaluation.metrics import (
     ConfusionAccumulator,
     confusion_matrix,
@@ -23,6 +22,7 @@ from evit_ros.evaluation.metrics import (
     mean_iou,
     pixel_accuracy,
 )
+from evit_ros.network.classes import cityscapes_labelid_lut
 
 
 def test_confusion_matrix_counts_match_a_pixel_loop() -> None:

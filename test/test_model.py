@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from evit_ros.model import ATTENTION_SCOPE, LinearAttentionCore, build_model  # noqa: E402
-from evit_ros.variants import VARIANTS, get_variant  # noqa: E402
+from evit_ros.network.model import ATTENTION_SCOPE, LinearAttentionCore, build_model  # noqa: E402
+from evit_ros.network.variants import VARIANTS, get_variant  # noqa: E402
 
 
 def _read_layout(path):
@@ -49,7 +49,7 @@ def test_forward_shape_is_stride_8(name):
 
 
 def test_official_b0_checkpoint_loads_strictly(b0_checkpoint, shared_data):
-    from evit_ros.weights import load_model
+    from evit_ros.network.weights import load_model
 
     model, digest = load_model(get_variant("b0-cityscapes"), b0_checkpoint)
     expected = (shared_data / "weights" / "SHA256SUMS").read_text().split()[0]
@@ -90,7 +90,7 @@ def test_attention_eps_survives_half_precision():
 
 @pytest.mark.parametrize("mode", ["half", "autocast"])
 def test_half_precision_model_has_no_nan(mode, b0_checkpoint):
-    from evit_ros.weights import load_model
+    from evit_ros.network.weights import load_model
 
     model, _ = load_model(get_variant("b0-cityscapes"), b0_checkpoint)
     x = torch.randn(1, 3, 256, 512) * 2

@@ -165,7 +165,7 @@ def harness(b0_checkpoint):
 @pytest.fixture(scope="module")
 def reference(b0_checkpoint):
     """An independent Segmenter with the node's parameters."""
-    from evit_ros.segmenter import Segmenter
+    from evit_ros.pipeline.segmenter import Segmenter
 
     seg = Segmenter("b0-cityscapes", b0_checkpoint, RESOLUTION, backend="torch", num_threads=1)
     yield seg
@@ -395,7 +395,9 @@ def test_network_resolution_confidence_and_camera_info(harness, reference, frame
         )
 
 
-def test_fast_camera_drops_stale_frames_and_latency_stays_bounded(harness, frames_bgr):
+def test_fast_camera_drops_stale_frames_and_processes_the_newest(harness, frames_bgr):
+    """Structure, not milliseconds: stale frames are dropped rather than queued, outputs stay in order, and once
+    the camera stops only the frame in flight and the newest one are still to come (a queue would keep going)."""
     h, node = harness, harness.node
     msgs = [_bgr8_msg(b) for b in frames_bgr]
     dropped0, out0 = node.slot.dropped, node.stats.frames_out
@@ -408,22 +410,20 @@ def test_fast_camera_drops_stale_frames_and_latency_stays_bounded(harness, frame
         stamps.append(_stamped(msg))
         h.pub_raw.publish(msg)
         time.sleep(max(0.0, start + (i + 1) * period - time.monotonic()))
-    h.wait_for("raw/labels", stamps[-1], timeout=10)  # the last frame is never dropped
+    burst_end = time.monotonic()
+    h.wait_for("raw/labels", stamps[-1], timeout=60)  # the last frame is never dropped
     with h.lock:
         received = list(h.received["raw/labels"])
-    lat = np.array([(wall_ns - _stamp_ns(m.header)) / 1e6 for _, wall_ns, m in received])
+    got = [_stamp_ns(m.header) for _, _, m in received]
     dropped = node.slot.dropped - dropped0
     processed = node.stats.frames_out - out0
     assert dropped > 0, "a 60 Hz camera faster than inference must make the node drop frames"
     assert processed < 120 and len(received) < 120
-    with node.stats.lock:
-        infer_ms = float(np.median(list(node.stats.infer_ms)[-processed:]))
-    # Each output is at most one frame in progress + one waiting old: bounded by a few inference times
-    # (generous slack for a shared 2-core machine), and not growing over the burst.
-    bound = 6 * infer_ms + 300
-    assert lat.max() < bound, f"latency {lat.max():.0f} ms > {bound:.0f} ms (inference {infer_ms:.0f} ms)"
-    half = len(lat) // 2
-    assert lat[half:].mean() < lat[:half].mean() + 2 * infer_ms + 100
+    assert got == sorted(got) and len(set(got)) == len(got), "outputs out of order or repeated"
+    assert set(got) <= set(stamps) and got[-1] == stamps[-1]
+    # After the burst: the frame in flight, possibly one that reached the slot before the last frame, the last.
+    after = [t for t, _, _ in received if t > burst_end]
+    assert len(after) <= 3, f"{len(after)} outputs after the camera stopped: frames were queued"
     since = time.monotonic()
     assert _wait(lambda: _diag_value(h, node, "dropped_frames", since) is not None, 5)
     assert int(_diag_value(h, node, "dropped_frames", since)) >= dropped

@@ -74,8 +74,8 @@ def player_env() -> dict[str, str]:
     return env
 
 
-def start_player(*args: str, module: str = "evit_ros.ros.play") -> subprocess.Popen:
-    prefix = ["play"] if module == "evit_ros.cli" else []
+def start_player(*args: str, module: str = "evit_ros.cli.play") -> subprocess.Popen:
+    prefix = ["play"] if module == "evit_ros.cli.main" else []
     return subprocess.Popen(
         [sys.executable, "-m", module, *prefix, *args],
         env=player_env(),
@@ -226,7 +226,7 @@ def test_play_video_via_cli(ros, tmp_path: Path, frames_rgb: list[np.ndarray]) -
         writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     writer.release()
     topic = unique_topic()
-    proc = start_player(str(video), "--topic", topic, "--wait-subscribers", "1", module="evit_ros.cli")
+    proc = start_player(str(video), "--topic", topic, "--wait-subscribers", "1", module="evit_ros.cli.main")
     received, rc, out, err = receive(ros, topic, proc, N_FRAMES)
     assert rc == 0, err
     assert len(received) == N_FRAMES, (len(received), out, err)
@@ -240,7 +240,7 @@ def test_play_video_via_cli(ros, tmp_path: Path, frames_rgb: list[np.ndarray]) -
 
 
 def test_play_bag_keeps_recorded_timing(ros, tmp_path: Path, frames_rgb: list[np.ndarray]) -> None:
-    bagio = pytest.importorskip("evit_ros.bagio")
+    bagio = pytest.importorskip("evit_ros.io.bagio")
     pytest.importorskip("rosbags")
     gaps_s = [0.0, 0.1, 0.5, 0.6, 1.0]  # uneven on purpose
     t0 = 1_700_000_000 * 10**9

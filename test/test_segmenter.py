@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from evit_ros.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE  # noqa: E402
-from evit_ros.processing import colorize, overlay, postprocess, preprocess, resize_logits  # noqa: E402
-from evit_ros.segmenter import Segmenter  # noqa: E402
+from evit_ros.network.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE  # noqa: E402
+from evit_ros.pipeline.processing import colorize, overlay, postprocess, preprocess, resize_logits  # noqa: E402
+from evit_ros.pipeline.segmenter import Segmenter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evit_ros.backends.tensorrt_backend import (
+from evit_ros.deploy.tensorrt_build import (
     EngineBuildConfig,
     accuracy_gate,
     engine_cache_key,
@@ -113,7 +113,7 @@ def test_accuracy_gate_rejects_nan_and_disagreement() -> None:
 def test_build_engine_cli_without_tensorrt(capsys) -> None:
     if _trt_available():
         pytest.skip("TensorRT is installed")
-    from evit_ros.cli import main
+    from evit_ros.cli.main import main
 
     rc = main(["build-engine", "--model", "b0-cityscapes", "--weights", "random", "--resolution", "256x512"])
     assert rc == 2
@@ -128,7 +128,7 @@ def test_tensorrt_fp16_engine_matches_fp32(
 ) -> None:
     import cv2
 
-    from evit_ros.backends import BackendConfig, create_backend
+    from evit_ros.runtime import BackendConfig, create_backend
 
     res = (512, 1024)
     frames = tmp_path / "frames"
@@ -159,7 +159,7 @@ def test_tensorrt_fp16_engine_matches_fp32(
 
 @needs_trt
 def test_tensorrt_rebuilds_corrupt_engine(b0_checkpoint: Path, tmp_path: Path, caplog) -> None:
-    from evit_ros.backends import BackendConfig, create_backend
+    from evit_ros.runtime import BackendConfig, create_backend
 
     config = dict(weights=str(b0_checkpoint), resolution=(256, 512), precision="fp32", engine_cache_dir=str(tmp_path))
     first = create_backend("tensorrt", BackendConfig(**config))
@@ -171,6 +171,6 @@ def test_tensorrt_rebuilds_corrupt_engine(b0_checkpoint: Path, tmp_path: Path, c
 
 
 def preprocess_frame(cv2, path: Path, res) -> np.ndarray:
-    from evit_ros.processing import preprocess
+    from evit_ros.pipeline.processing import preprocess
 
     return preprocess(cv2.imread(str(path), cv2.IMREAD_COLOR), res, order="bgr")

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from evit_ros.variants import get_variant, parse_resolution  # noqa: E402
-from evit_ros.weights import CheckpointError, load_model, resolve_checkpoint  # noqa: E402
+from evit_ros.network.variants import get_variant, parse_resolution  # noqa: E402
+from evit_ros.network.weights import CheckpointError, load_model, resolve_checkpoint  # noqa: E402
 
 
 def test_missing_checkpoint_says_where_to_get_it(tmp_path, monkeypatch):
@@ -60,7 +60,7 @@ def test_random_weights_warn_loudly():
 
 
 def test_segmenter_refuses_silent_random_weights():
-    from evit_ros.segmenter import Segmenter
+    from evit_ros.pipeline.segmenter import Segmenter
 
     with pytest.raises(ValueError, match="allow_random_weights"):
         Segmenter("b0-cityscapes", weights="random", backend="torch")

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from evit_ros.classes import (
+from evit_ros.network.classes import (
     ADE20K_CLASSES,
     ADE20K_PALETTE,
     CITYSCAPES_CLASSES,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evit_ros.bagio import iter_bag_messages
+from evit_ros.io.bagio import iter_bag_messages
 
 __all__ = ["LatencyStats", "latency_from_bag", "latency_from_stamps"]
 

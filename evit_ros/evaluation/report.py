@@ -171,7 +171,7 @@ def _plot_latency(lat: LatencyStats, path: Path) -> None:
 
 
 def _plot_sample(sample: Sample, cm: ClassMap, path: Path) -> None:
-    from evit_ros.processing import colorize, overlay
+    from evit_ros.pipeline.processing import colorize, overlay
 
     plt = _plt()
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from evit_ros.bagio import (
+from evit_ros.io.bagio import (
     IMAGE_MSGTYPE,
     bag_topics,
     frame_from_message,
     iter_bag_messages,
 )
-from evit_ros.processing import IMAGE_SUFFIXES
+from evit_ros.pipeline.processing import IMAGE_SUFFIXES
 
 __all__ = [
     "BagModelSource",

@@ -9,7 +9,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from evit_ros.encodings import decode_compressed, decode_image
+from evit_ros.io.encodings import decode_compressed, decode_image
 
 __all__ = ["OUTPUT_ENCODINGS", "compressed_to_rgb", "image_to_msg", "msg_to_rgb"]
 

@@ -1,4 +1,4 @@
-"""``evit-ros play``: publish a folder of images, a video file or a rosbag2 recording as a camera.
+"""Replay as a camera (``evit-ros play``, ``evit_play``): a folder of images, a video file or a rosbag2 recording.
 
     evit-ros play SOURCE --topic image [--rate HZ] [--speed X] [--loop] [--frame-id camera]
                   [--encoding bgr8|rgb8|mono8] [--qos-reliability reliable|best_effort] [--max-frames N]
@@ -31,7 +31,6 @@ is then 0. A source that cannot be read exits with 1.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -52,7 +51,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from evit_ros.processing import IMAGE_SUFFIXES, list_images
+from evit_ros.pipeline.processing import IMAGE_SUFFIXES, list_images
 from evit_ros.ros.conversions import image_to_msg
 
 BAG_SUFFIXES = frozenset({".db3", ".mcap"})
@@ -65,10 +64,8 @@ __all__ = [
     "FolderSource",
     "ImagePlayer",
     "VideoSource",
-    "add_play_arguments",
-    "main",
     "open_source",
-    "run_play",
+    "play",
     "schedule",
 ]
 
@@ -147,7 +144,7 @@ class BagSource:
     rate = None  # timing comes from the recording
 
     def __init__(self, path: Path, topic: str | None) -> None:
-        from evit_ros import bagio
+        from evit_ros.io import bagio
 
         self.path = path
         topics = bagio.bag_topics(path)
@@ -309,60 +306,6 @@ class ImagePlayer(Node):
         )
 
 
-# --- command line ----------------------------------------------------------------------------------------
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _non_negative(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
-    return parse
-
-
-def add_play_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="folder of images, video file, or rosbag2 recording (directory/.db3/.mcap)")
-    parser.add_argument("--topic", default="image", help="image topic to publish (default: image)")
-    parser.add_argument(
-        "--rate",
-        type=_positive(float),
-        default=None,
-        help=f"publish rate in Hz (default: {DEFAULT_FOLDER_RATE:g} for folders, the file's fps for videos, "
-        "the recorded timing for bags)",
-    )
-    parser.add_argument("--speed", type=_positive(float), default=1.0, help="time scale factor (2 = twice as fast)")
-    parser.add_argument("--loop", action="store_true", help="start again at the end of the source")
-    parser.add_argument("--frame-id", default="camera", help="header.frame_id (default: camera)")
-    parser.add_argument("--encoding", default="bgr8", choices=("bgr8", "rgb8", "mono8"), help="default: bgr8")
-    parser.add_argument(
-        "--qos-reliability",
-        default="reliable",
-        choices=("reliable", "best_effort"),
-        help="publisher reliability (default: reliable, which best-effort subscribers also match)",
-    )
-    parser.add_argument("--max-frames", type=_non_negative(int), default=0, help="stop after N frames (0: no limit)")
-    parser.add_argument("--start-delay", type=_non_negative(float), default=0.0, help="seconds to wait before starting")
-    parser.add_argument(
-        "--wait-subscribers", type=_non_negative(int), default=0, help="wait until N subscriptions are matched"
-    )
-    parser.add_argument(
-        "--wait-timeout", type=_non_negative(float), default=10.0, help="longest wait for --wait-subscribers (s)"
-    )
-    parser.add_argument("--bag-topic", default=None, help="image topic to read from a bag (default: its only one)")
-
-
 def _spin_once(executor: SingleThreadedExecutor, timeout: float) -> None:
     """One executor turn; ``ExternalShutdownException`` once SIGINT/SIGTERM has shut the context down."""
     context = executor.context
@@ -382,11 +325,26 @@ def _spin_for(executor: SingleThreadedExecutor, seconds: float, until=None) -> N
         _spin_once(executor, min(0.05, max(0.0, deadline - time.monotonic())))
 
 
-def run_play(args: argparse.Namespace, ros_args: Sequence[str] | None = None) -> int:
-    """Run the player as parsed by :func:`add_play_arguments`; returns the exit status."""
+def play(
+    source_path: str | Path,
+    topic: str = "image",
+    rate: float | None = None,
+    speed: float = 1.0,
+    loop: bool = False,
+    frame_id: str = "camera",
+    encoding: str = "bgr8",
+    reliability: str = "reliable",
+    max_frames: int = 0,
+    start_delay: float = 0.0,
+    wait_subscribers: int = 0,
+    wait_timeout: float = 10.0,
+    bag_topic: str | None = None,
+    ros_args: Sequence[str] | None = None,
+) -> int:
+    """Publish ``source_path`` as a camera until it ends, ``max_frames`` or a signal; returns the exit status."""
     try:
-        source = open_source(args.source, args.bag_topic)
-        frames = schedule(source, rate=args.rate, speed=args.speed, loop=args.loop)
+        source = open_source(source_path, bag_topic)
+        frames = schedule(source, rate=rate, speed=speed, loop=loop)
     except (OSError, ValueError, ImportError) as exc:
         print(f"evit-ros play: {exc}", file=sys.stderr)
         return 1
@@ -404,27 +362,27 @@ def run_play(args: argparse.Namespace, ros_args: Sequence[str] | None = None) ->
     try:
         player = ImagePlayer(
             frames,
-            topic=args.topic,
-            frame_id=args.frame_id,
-            encoding=args.encoding,
-            reliability=args.qos_reliability,
-            max_frames=args.max_frames,
+            topic=topic,
+            frame_id=frame_id,
+            encoding=encoding,
+            reliability=reliability,
+            max_frames=max_frames,
             context=context,
         )
         executor.add_node(player)
         log = player.get_logger()
-        log.info(f"playing {source.describe()} on {player.publisher.topic_name} ({args.encoding})")
-        if args.wait_subscribers:
-            _spin_for(executor, args.wait_timeout, lambda: player.subscription_count() >= args.wait_subscribers)
-            if player.subscription_count() < args.wait_subscribers:
+        log.info(f"playing {source.describe()} on {player.publisher.topic_name} ({encoding})")
+        if wait_subscribers:
+            _spin_for(executor, wait_timeout, lambda: player.subscription_count() >= wait_subscribers)
+            if player.subscription_count() < wait_subscribers:
                 log.warning(
-                    f"only {player.subscription_count()} of {args.wait_subscribers} subscribers matched "
-                    f"after {args.wait_timeout:g} s; starting anyway"
+                    f"only {player.subscription_count()} of {wait_subscribers} subscribers matched "
+                    f"after {wait_timeout:g} s; starting anyway"
                 )
             else:  # discovery is not symmetric: give the subscribers a moment to match this publisher too
                 _spin_for(executor, SETTLE_S)
-        if args.start_delay:
-            _spin_for(executor, args.start_delay)
+        if start_delay:
+            _spin_for(executor, start_delay)
         player.start()
         while not player.done:
             _spin_once(executor, 0.1)
@@ -449,19 +407,3 @@ def run_play(args: argparse.Namespace, ros_args: Sequence[str] | None = None) ->
         executor.shutdown()
         context.try_shutdown()
     return status
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: list[str] = []
-    if "--ros-args" in argv:  # everything from --ros-args on is for rcl (remappings, parameters, log level)
-        cut = argv.index("--ros-args")
-        argv, ros_args = argv[:cut], argv[cut:]
-    parser = argparse.ArgumentParser(prog="evit-ros play", description=__doc__.splitlines()[0])
-    add_play_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_play(args, ros_args=[sys.argv[0], *ros_args])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

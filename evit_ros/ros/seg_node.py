@@ -53,10 +53,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from evit_ros import processing
-from evit_ros.encodings import encode_labels
+from evit_ros.io.encodings import encode_labels
+from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
+from evit_ros.pipeline import processing
 from evit_ros.ros.conversions import compressed_to_rgb, image_to_msg, msg_to_rgb
-from evit_ros.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 
 __all__ = ["CLASS_TABLE_FORMAT", "ConfigError", "FrameSlot", "SegNode", "class_table_json", "main", "scale_camera_info"]
 
@@ -278,7 +278,7 @@ class SegNode(Node):
         self._validate_startup(p)
         self.build_only = bool(p["build_only"])
 
-        from evit_ros.segmenter import Segmenter  # heavy: torch / onnxruntime
+        from evit_ros.pipeline.segmenter import Segmenter  # heavy: torch / onnxruntime
 
         weights = p["weights"] or None
         self.segmenter = Segmenter(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_ros.encodings import decode_compressed, decode_image
+from evit_ros.io.encodings import decode_compressed, decode_image
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+, annotation-only (strings here), so 3.10 runs

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .variants import HF_REPO_ID, KNOWN_SHA256, Variant
+from evit_ros.network.variants import HF_REPO_ID, KNOWN_SHA256, Variant
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +112,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(variant: Variant, weights: str | os.PathLike | None, download: bool = True):
     """Build `variant` in eval mode with its checkpoint; returns (model, checkpoint sha256 or 'random')."""
-    from .model import EfficientViTSeg
+    from evit_ros.network.model import EfficientViTSeg
 
     model = EfficientViTSeg(variant).eval()
     if weights is not None and str(weights) == RANDOM_WEIGHTS:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends import Backend, BackendConfig, create_backend, resolve_backend_name
-from .classes import class_table
-from .processing import fit_resolution, postprocess, preprocess
-from .variants import DEFAULT_MODEL, Variant, get_variant, parse_resolution
+from evit_ros.network.classes import class_table
+from evit_ros.network.variants import DEFAULT_MODEL, Variant, get_variant, parse_resolution
+from evit_ros.pipeline.processing import fit_resolution, postprocess, preprocess
+from evit_ros.runtime import Backend, BackendConfig, create_backend, resolve_backend_name
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Measure seg_node end to end against the bare backend, with and without the shipped Fast DDS profile.
 
-    python -m evit_ros.tools.measure_node [--resolution 512x1024] [--backend auto] [--rate 30] [--seconds 20]
+    python -m evit_ros.cli.measure_node [--resolution 512x1024] [--backend auto] [--rate 30] [--seconds 20]
 
 1. Backend only (in this process): ``Segmenter.logits`` (pre-processing + network) and the full
    ``Segmenter.segment`` (+ bicubic upsampling and argmax at the camera size) on a 1920x1080 frame.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evit_ros.demo import (
+from evit_ros.cli.demo import (
     Recorder,
     data_dir,
     default_weights,
@@ -36,7 +36,7 @@ from evit_ros.demo import (
     spin_until,
     stop_process,
 )
-from evit_ros.variants import DEFAULT_MODEL
+from evit_ros.network.variants import DEFAULT_MODEL
 
 NAMESPACE = "/measure"
 WIDTH, HEIGHT = 1920, 1080
@@ -54,7 +54,7 @@ def camera_frame_bgr() -> np.ndarray:
 
 
 def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
-    from evit_ros.segmenter import Segmenter
+    from evit_ros.pipeline.segmenter import Segmenter
 
     seg = Segmenter(
         args.model, args.weights, args.resolution, backend=args.backend, num_threads=args.num_threads or None
@@ -133,7 +133,7 @@ def measure_config(args: argparse.Namespace, with_profile: bool) -> dict:
     env = ros_env(dds_profile=with_profile)
     node_cmd = node_command(NAMESPACE, args.model, args.weights, args.resolution, args.backend, args.num_threads)
     node_proc = subprocess.Popen(node_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    child_cmd = [sys.executable, "-m", "evit_ros.tools.measure_node", "--camera", *_forward(args)]
+    child_cmd = [sys.executable, "-m", "evit_ros.cli.measure_node", "--camera", *_forward(args)]
     try:
         out = subprocess.run(
             child_cmd,
@@ -161,7 +161,7 @@ def _forward(args: argparse.Namespace) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evit_ros.tools.measure_node", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m evit_ros.cli.measure_node", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--weights", default=None, help="default: the test data's B0 checkpoint, else cache/Hub")
     parser.add_argument("--resolution", default="512x1024")

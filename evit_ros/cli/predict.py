@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli_common import add_model_arguments, segmenter_from_args
-from .processing import list_images, overlay
+from evit_ros.cli.common import add_model_arguments, segmenter_from_args
+from evit_ros.pipeline.processing import list_images, overlay
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:

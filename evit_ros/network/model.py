@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .variants import Variant, get_variant
+from evit_ros.network.variants import Variant, get_variant
 
 ATTENTION_SCOPE = "linear_attention"  # module name of every attention core; ONNX nodes inherit it
 ATTENTION_EPS = 1.0e-15

@@ -3,7 +3,7 @@
     python -m evit_ros.demo [--source DIR|VIDEO|BAG] [--out demo_out] [--model b0-cityscapes]
                             [--weights PATH] [--resolution HxW] [--backend auto] [--rate HZ] [--max-frames N]
 
-Starts ``seg_node`` and the replay tool (``evit_ros.ros.play``) as subprocesses in a private ROS domain (random
+Starts ``seg_node`` and the replay tool (``evit-ros play``) as subprocesses in a private ROS domain (random
 ``ROS_DOMAIN_ID``, discovery limited to localhost, the shipped Fast DDS shared-memory profile), subscribes to
 ``segmentation/overlay`` and ``segmentation/labels``, writes every overlay as a PNG into ``--out``, then prints a
 summary (end-to-end latency p50/p90/p99 = receive time minus the camera stamp, output FPS, frames in/out, frames
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evit_ros.variants import DEFAULT_MODEL
+from evit_ros.network.variants import DEFAULT_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "/demo"
@@ -212,7 +212,7 @@ def default_source() -> str | None:
 def demo_resolution(source: str, short_side: int = 384) -> str | None:
     """A network size that keeps the source's aspect ratio: a CPU can keep up with a live camera at ~384 rows,
     where the variants' evaluation sizes (1024x2048 for Cityscapes) take over a second per frame."""
-    from evit_ros.processing import fit_resolution
+    from evit_ros.pipeline.processing import fit_resolution
     from evit_ros.ros.play import open_source
 
     try:
@@ -261,7 +261,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from evit_ros.encodings import decode_image
+    from evit_ros.io.encodings import decode_image
 
     resolution = args.resolution or demo_resolution(source)
     node_cmd = node_command(NAMESPACE, args.model, weights, resolution, args.backend, args.num_threads)
@@ -290,7 +290,7 @@ def run_demo(args: argparse.Namespace) -> int:
             raise RuntimeError("seg_node did not come up in time")
         if node_proc.poll() is not None:
             raise RuntimeError(f"seg_node exited with status {node_proc.returncode}")
-        play_cmd = [sys.executable, "-m", "evit_ros.ros.play", source, "--topic", f"{NAMESPACE}/image"]
+        play_cmd = [sys.executable, "-m", "evit_ros.cli.play", source, "--topic", f"{NAMESPACE}/image"]
         play_cmd += ["--wait-subscribers", "1"]
         if args.rate:
             play_cmd += ["--rate", str(args.rate)]

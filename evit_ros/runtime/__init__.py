@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from .base import BACKENDS, PRECISIONS, Backend, BackendConfig
+from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendConfig", "create_backend", "resolve_backend_name"]
 
@@ -46,13 +46,13 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{config.precision}'; choose one of {', '.join(PRECISIONS)}")
     if resolved == "torch":
-        from .torch_backend import TorchBackend
+        from evit_ros.runtime.torch_backend import TorchBackend
 
         return TorchBackend(config)
     if resolved == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
+        from evit_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(config)
-    from .tensorrt_backend import TensorRTBackend
+    from evit_ros.runtime.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(config)

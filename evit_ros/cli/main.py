@@ -1,6 +1,6 @@
 """`evit-ros` command line: predict, export, build-engine, bench, play, eval.
 
-Each subcommand lives in the module that implements it and is imported only when used, so
+Each subcommand's parser and runner live in their own module of this package, imported only when used, so
 `evit-ros predict` never loads rclpy and `evit-ros play` never loads torch.
 """
 
@@ -13,17 +13,17 @@ from collections.abc import Sequence
 
 # subcommand -> (module, add-arguments function, run function, help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "predict": ("evit_ros.predict", "add_predict_arguments", "run_predict", "segment a folder of images"),
-    "export": ("evit_ros.export", "add_export_arguments", "run_export", "export a model to ONNX"),
+    "predict": ("evit_ros.cli.predict", "add_predict_arguments", "run_predict", "segment a folder of images"),
+    "export": ("evit_ros.cli.export", "add_export_arguments", "run_export", "export a model to ONNX"),
     "build-engine": (
-        "evit_ros.backends.tensorrt_backend",
+        "evit_ros.cli.build_engine",
         "add_build_engine_arguments",
         "run_build_engine",
         "build a TensorRT engine offline",
     ),
-    "bench": ("evit_ros.bench", "add_bench_arguments", "run_bench", "benchmark backends"),
-    "play": ("evit_ros.ros.play", "add_play_arguments", "run_play", "publish images, a video or a bag as a camera"),
-    "eval": ("evit_ros.evaluation.cli", "add_eval_arguments", "run_eval", "score predictions, bags or folders"),
+    "bench": ("evit_ros.cli.bench", "add_bench_arguments", "run_bench", "benchmark backends"),
+    "play": ("evit_ros.cli.play", "add_play_arguments", "run_play", "publish images, a video or a bag as a camera"),
+    "eval": ("evit_ros.cli.eval", "add_eval_arguments", "run_eval", "score predictions, bags or folders"),
 }
 
 

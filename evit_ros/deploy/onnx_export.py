@@ -1,4 +1,4 @@
-"""ONNX export (`evit-ros export`) with metadata, TensorRT op checks and a parity check.
+"""ONNX export with metadata, TensorRT op checks and a parity check.
 
 The TorchScript exporter (``dynamo=False``) is used: it needs no extra package (the dynamo
 exporter needs onnxscript) and names nodes by module scope, so every attention-core node carries
@@ -13,11 +13,9 @@ Precisions:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
-from .onnx_graph import fp32_pin_nodes, unsupported_tensorrt_ops
-from .processing import IMAGENET_MEAN, IMAGENET_STD
-from .variants import Variant, get_variant, parse_resolution
+from evit_ros import __version__
+from evit_ros.deploy.onnx_graph import fp32_pin_nodes, unsupported_tensorrt_ops
+from evit_ros.network.variants import Variant, get_variant
+from evit_ros.pipeline.processing import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +93,7 @@ def build_metadata(
     checkpoint_sha256: str,
     dynamic_batch: bool,
 ) -> dict[str, str]:
-    from .classes import class_table
+    from evit_ros.network.classes import class_table
 
     names, _ = class_table(variant.dataset)
     import torch
@@ -126,7 +124,7 @@ def _parity_input(resolution: tuple[int, int], batch: int, image: str | os.PathL
     """
     import cv2
 
-    from .processing import preprocess
+    from evit_ros.pipeline.processing import preprocess
 
     if image is not None:
         bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
@@ -288,7 +286,7 @@ def export_onnx(
 
 def onnx_cache_root(engine_cache_dir: str | os.PathLike | None = None) -> Path:
     """Where exported ONNX files are cached: `engine_cache_dir`, else evit_ros.weights.cache_dir()/onnx."""
-    from .weights import cache_dir
+    from evit_ros.network.weights import cache_dir
 
     return Path(engine_cache_dir).expanduser() if engine_cache_dir else cache_dir() / "onnx"
 
@@ -319,7 +317,7 @@ def ensure_onnx(
     """
     import onnx
 
-    from .weights import RANDOM_WEIGHTS, load_model, resolve_checkpoint, verify_checkpoint
+    from evit_ros.network.weights import RANDOM_WEIGHTS, load_model, resolve_checkpoint, verify_checkpoint
 
     variant = get_variant(model_name)
     if weights is not None and str(weights) == RANDOM_WEIGHTS:
@@ -348,64 +346,3 @@ def ensure_onnx(
     model, sha = load_model(variant, checkpoint)
     export_onnx(model, variant, resolution, path, precision=precision, checkpoint_sha256=sha, batch_size=batch_size)
     return path
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli_common import add_model_arguments
-
-    add_model_arguments(parser, precisions=EXPORT_PRECISIONS, with_backend=False)
-    parser.add_argument(
-        "--head", choices=HEADS, default="logits", help="logits (N x C x H/8 x W/8) or labels (N x H x W)"
-    )
-    parser.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
-    parser.add_argument(
-        "--atol", type=float, default=None, help=f"parity: max abs logit difference (fp32 default {DEFAULT_ATOL})"
-    )
-    parser.add_argument("--min-agreement", type=float, default=None, help="parity: minimum label agreement, 0..1")
-    parser.add_argument("--parity-image", default=None, help="image for the parity check (default: synthetic)")
-    parser.add_argument("--no-parity", action="store_true", help="skip the parity check")
-    parser.add_argument("output", type=Path, help="output .onnx path")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from .weights import CheckpointError, load_model
-
-    variant = get_variant(args.model)
-    resolution = parse_resolution(args.resolution) if args.resolution else variant.default_resolution
-    if args.weights is None:
-        print(
-            "evit-ros export: --weights is required (a checkpoint path, or 'random' for graph tests)", file=sys.stderr
-        )
-        return 2
-    try:
-        model, sha = load_model(variant, args.weights)
-    except CheckpointError as exc:
-        print(f"evit-ros export: {exc}", file=sys.stderr)
-        return 2
-    try:
-        res = export_onnx(
-            model,
-            variant,
-            resolution,
-            args.output,
-            head=args.head,
-            precision=args.precision,
-            dynamic_batch=args.dynamic_batch,
-            checkpoint_sha256=sha,
-            parity=not args.no_parity,
-            atol=args.atol,
-            min_agreement=args.min_agreement,
-            parity_image=args.parity_image,
-        )
-    except ParityError as exc:
-        print(f"evit-ros export: {exc}", file=sys.stderr)
-        return 1
-    if res.parity is not None:
-        print(f"parity vs PyTorch: {res.parity.detail}")
-    bad = unsupported_tensorrt_ops(res.path)
-    trt_note = "all ops supported by TensorRT's ONNX parser" if not bad else f"ops TensorRT lacks: {', '.join(bad)}"
-    print(
-        f"exported {variant.name} {resolution[0]}x{resolution[1]} ({args.head}, {args.precision}, opset {ONNX_OPSET}) "
-        f"-> {res.path}; {res.fp32_pins} attention-core nodes for FP32 pinning; {trt_note}"
-    )
-    return 0

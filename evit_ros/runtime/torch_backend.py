@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..variants import get_variant
-from ..weights import load_model
-from .base import Backend, BackendConfig
+from evit_ros.network.variants import get_variant
+from evit_ros.network.weights import load_model
+from evit_ros.runtime.base import Backend, BackendConfig
 
 
 def cuda_available() -> bool:

@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from evit_ros.evaluation.classmap import ClassMap, load_class_map
-from evit_ros.evaluation.metrics import ConfusionAccumulator
-from evit_ros.evaluation.report import EvalResult, Sample, write_report
-from evit_ros.evaluation.sources import EvalSample, is_bag
+from evit_ros.evaluation.report import write_report
+from evit_ros.evaluation.runner import evaluate, resolve_topic
+from evit_ros.evaluation.sources import is_bag
 
-__all__ = ["add_eval_arguments", "evaluate", "main", "resolve_topic", "run_eval"]
+__all__ = ["add_eval_arguments", "build_class_map", "main", "run_eval"]
 
 _EPILOG = """examples:
   evit-ros eval run.mcap --gt-topic /gt/labels --class-map evit_ros/data/cityscapes_to_camvid11.yaml --report out/
@@ -43,7 +42,7 @@ _EPILOG = """examples:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options (source, topics, class maps, report, model) to ``parser``."""
-    from evit_ros.cli_common import add_model_arguments
+    from evit_ros.cli.common import add_model_arguments
 
     parser.description = __doc__.split("\n\n", 1)[1] if __doc__ else None
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -79,24 +78,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def resolve_topic(available: Iterable[str], name: str) -> str:
-    """A topic in the bag matching ``name``: exact, with a leading ``/``, or a unique ``.../name`` suffix."""
-    available = list(available)
-    if name in available:
-        return name
-    for candidate in (f"/{name.lstrip('/')}", name.lstrip("/")):
-        if candidate in available:
-            return candidate
-    tail = "/" + name.strip("/")
-    hits = [t for t in available if t.endswith(tail)]
-    if len(hits) == 1:
-        return hits[0]
-    return name  # let the source report it as missing, listing what the bag has
-
-
 def _model_class_info(args: argparse.Namespace) -> tuple[int, tuple[str, ...], np.ndarray]:
-    from evit_ros.classes import class_table
-    from evit_ros.variants import get_variant
+    from evit_ros.network.classes import class_table
+    from evit_ros.network.variants import get_variant
 
     variant = get_variant(args.model)
     names, palette = class_table(variant.dataset)
@@ -120,52 +104,9 @@ def build_class_map(args: argparse.Namespace, gt_kind: str) -> ClassMap:
     return cmap
 
 
-def _fit(pred: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
-    if pred.shape == shape:
-        return pred, False
-    return cv2.resize(pred, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST), True
-
-
-def evaluate(
-    samples: Iterable[EvalSample],
-    class_map: ClassMap,
-    segmenter: Any | None = None,
-    total: int | None = None,
-    keep_samples: int = 4,
-    progress: bool = True,
-) -> tuple[EvalResult, int]:
-    """Score every sample; the model runs on samples without a prediction. Returns (result, resized count)."""
-    from tqdm import tqdm
-
-    acc = ConfusionAccumulator(class_map.num_classes, class_map.ignore_index)
-    kept: list[Sample] = []
-    resized = 0
-    for sample in tqdm(samples, total=total, desc="eval", unit="frame", disable=not progress):
-        raw_pred = sample.prediction
-        if raw_pred is None:
-            if segmenter is None:
-                raise ValueError(f"frame {sample.name} has no prediction and no model was loaded")
-            if sample.image is None:
-                raise ValueError(f"frame {sample.name} has neither an image nor a prediction")
-            raw_pred = segmenter.segment(sample.image, order="rgb", output_size=sample.gt.shape[:2]).labels
-        raw_pred, was_resized = _fit(np.asarray(raw_pred), sample.gt.shape[:2])
-        resized += was_resized
-        gt = class_map.apply_to_ground_truth(sample.gt)
-        pred = class_map.apply_to_prediction(raw_pred)
-        try:
-            acc.update(gt, pred)
-        except ValueError as exc:
-            raise ValueError(f"frame {sample.name}: {exc}") from exc
-        if len(kept) < keep_samples:
-            kept.append(Sample(sample.name, sample.image, gt, pred))
-    if acc.frames == 0:
-        raise ValueError("no frames to evaluate (no matching image / label pairs found)")
-    return EvalResult(class_map, acc.scores(), acc.frames, samples=kept), resized
-
-
 def _bag_plan(args: argparse.Namespace) -> tuple[Any, str, dict[str, str]]:
-    from evit_ros.bagio import bag_topics
     from evit_ros.evaluation.sources import BagModelSource, BagRecordedSource
+    from evit_ros.io.bagio import bag_topics
 
     available = bag_topics(args.source)
     topics = {
@@ -223,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     class_map = build_class_map(args, source.gt_kind)
     segmenter = None
     if mode == "model":
-        from evit_ros.cli_common import segmenter_from_args
+        from evit_ros.cli.common import segmenter_from_args
 
         segmenter = segmenter_from_args(args)
         meta.update(segmenter.describe())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cli_common import add_model_arguments
+from evit_ros.cli.common import add_model_arguments
 
 
 @dataclass
@@ -100,8 +100,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .backends import BackendConfig, create_backend, resolve_backend_name
-    from .variants import get_variant, parse_resolution
+    from evit_ros.network.variants import get_variant, parse_resolution
+    from evit_ros.runtime import BackendConfig, create_backend, resolve_backend_name
 
     if args.weights is None:
         print(

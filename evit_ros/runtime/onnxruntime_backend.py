@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..onnx_graph import io_names, metadata
-from ..variants import get_variant
-from .base import Backend, BackendConfig
+from evit_ros.deploy.onnx_graph import io_names, metadata
+from evit_ros.network.variants import get_variant
+from evit_ros.runtime.base import Backend, BackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
             if not self.onnx_path.is_file():
                 raise FileNotFoundError(f"ONNX model not found: {self.onnx_path}")
         else:
-            from ..export import ensure_onnx
+            from evit_ros.deploy.onnx_export import ensure_onnx
 
             self.onnx_path = ensure_onnx(
                 variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size

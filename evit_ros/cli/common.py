@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .backends import BACKENDS, PRECISIONS
-from .variants import DEFAULT_MODEL, VARIANTS
+from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS
+from evit_ros.runtime import BACKENDS, PRECISIONS
 
 
 def add_model_arguments(
@@ -35,7 +35,7 @@ def add_model_arguments(
 
 
 def segmenter_from_args(args: argparse.Namespace, **overrides):
-    from .segmenter import Segmenter
+    from evit_ros.pipeline.segmenter import Segmenter
 
     kwargs = dict(
         model=args.model,

@@ -1,0 +1,224 @@
+"""TensorRT runtime backend: loads a cached engine (building it on a miss, see
+``evit_ros.deploy.tensorrt_build``), binds CUDA buffers and runs it on a CUDA stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evit_ros.deploy.tensorrt_build import (
+    EngineBuildConfig,
+    TensorRTUnavailable,
+    _TrtLogger,
+    accuracy_gate,
+    atomic_write,
+    build_serialized_engine,
+    engine_cache_key,
+    engine_cache_root,
+    engine_path,
+    import_tensorrt,
+    load_frames,
+)
+from evit_ros.runtime.base import Backend, BackendConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TensorRTBackend", "TensorRTUnavailable"]
+
+
+@dataclass
+class _EngineInfo:
+    path: Path
+    key: str
+    fields: dict = field(default_factory=dict)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.trt = trt = import_tensorrt()
+        import torch
+
+        from evit_ros.deploy.onnx_export import ensure_onnx
+        from evit_ros.deploy.onnx_graph import fp32_pin_nodes, metadata
+        from evit_ros.network.variants import get_variant
+        from evit_ros.network.weights import sha256_of
+
+        if not torch.cuda.is_available():
+            raise TensorRTUnavailable("TensorRT needs a CUDA device, and torch sees none")
+        device = torch.device(config.device or "cuda")
+        if device.type != "cuda":
+            raise ValueError(f"TensorRT runs on CUDA devices, not {device}")
+        torch.cuda.set_device(device)
+        config.device = str(device)
+        self.device = device
+        opts = config.options
+        variant = get_variant(config.model)
+        strongly_typed = bool(opts.get("strongly_typed", False))
+        user_onnx = config.weights is not None and str(config.weights).lower().endswith(".onnx")
+        if user_onnx:
+            onnx_path = Path(config.weights).expanduser()
+            reference_onnx = Path(opts["reference_onnx"]) if opts.get("reference_onnx") else None
+            if metadata(onnx_path).get("precision", "fp32") == "fp32":
+                reference_onnx = reference_onnx or onnx_path
+        else:
+            reference_onnx = ensure_onnx(
+                variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
+            )
+            onnx_path = reference_onnx
+            if strongly_typed:
+                onnx_path = ensure_onnx(
+                    variant.name,
+                    config.weights,
+                    config.resolution,
+                    config.engine_cache_dir,
+                    "fp16-strong",
+                    config.batch_size,
+                )
+        self.checkpoint_sha256 = metadata(onnx_path).get("checkpoint_sha256", "")
+        precision = config.precision
+        build = EngineBuildConfig(
+            precision=precision,
+            strongly_typed=strongly_typed,
+            fp32_pins=tuple(fp32_pin_nodes(onnx_path)) if precision != "fp32" and not strongly_typed else (),
+            workspace_mib=int(opts.get("workspace_mib", 2048)),
+            tf32=bool(opts.get("tf32", False)),
+            dla_core=opts.get("dla_core"),
+            gpu_fallback=bool(opts.get("gpu_fallback", True)),
+            calibration_dir=opts.get("calibration_dir"),
+            calibration_images=int(opts.get("calibration_images", 64)),
+            min_label_agreement=float(opts.get("min_label_agreement", 0.99)),
+            gate_images=opts.get("gate_images"),
+            gate_frames=int(opts.get("gate_frames", 4)),
+        )
+        self.build_config = build
+        gpu = torch.cuda.get_device_name(device)
+        cc = torch.cuda.get_device_capability(device)
+        key = engine_cache_key(sha256_of(onnx_path), trt.__version__, gpu, cc, build, self.input_shape)
+        root = engine_cache_root(config.engine_cache_dir)
+        path = engine_path(root, variant.name, precision + ("-strong" if strongly_typed else ""), key)
+        fields = {
+            "key": key,
+            "model": variant.name,
+            "onnx": str(onnx_path),
+            "tensorrt": trt.__version__,
+            "gpu": gpu,
+            "compute_capability": list(cc),
+            "input_shape": list(self.input_shape),
+            "build": asdict(build),
+        }
+        self.engine_info = _EngineInfo(path, key, fields)
+        self.runtime = trt.Runtime(_TrtLogger.create(trt))
+        self.engine = self._load_cached(path, key)
+        if self.engine is None:
+            gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu)
+            timing = root / f"timing_{trt.__version__}_{gpu_slug}_sm{cc[0]}{cc[1]}.cache"
+            calib = root / f"calibration_{key[:24]}.cache"
+            log.info(
+                "building TensorRT %s engine for %s %s (cache %s)", precision, variant.name, self.input_shape, path
+            )
+            blob = build_serialized_engine(trt, onnx_path, build, timing, calib, config.resolution, config.batch_size)
+            self.engine = self.runtime.deserialize_cuda_engine(blob)
+            if self.engine is None:
+                raise RuntimeError("TensorRT could not deserialize the engine it just built")
+            self._setup_io()
+            if build.needs_gate:
+                self._gate(reference_onnx, build)
+            atomic_write(path, blob)
+            atomic_write(path.with_suffix(".json"), json.dumps(fields, indent=1, default=str).encode())
+        else:
+            self._setup_io()
+
+    def _load_cached(self, path: Path, key: str):
+        if not path.is_file():
+            return None
+        sidecar = path.with_suffix(".json")
+        try:
+            stored = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        if stored.get("key") != key:
+            log.warning("TensorRT engine %s does not match this configuration (cache key); rebuilding", path)
+            return None
+        engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            log.warning("TensorRT engine %s is corrupt or from another TensorRT/GPU; rebuilding", path)
+            return None
+        log.info("loaded TensorRT engine %s", path)
+        return engine
+
+    def _setup_io(self) -> None:
+        import torch
+
+        trt = self.trt
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(device=self.device)
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.input_name = self.output_name = None
+        to_torch = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.input_name = name
+                self.context.set_input_shape(name, self.input_shape)
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = to_torch[self.engine.get_tensor_dtype(name)]
+            self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            self.context.set_tensor_address(name, self.buffers[name].data_ptr())
+            if name != self.input_name:
+                self.output_name = name
+        if tuple(self.buffers[self.input_name].shape) != tuple(self.input_shape):
+            raise ValueError(f"engine input {tuple(self.buffers[self.input_name].shape)} != {self.input_shape}")
+
+    def _gate(self, reference_onnx: Path | None, build: EngineBuildConfig) -> None:
+        if reference_onnx is None:
+            log.warning("no FP32 reference ONNX for the accuracy gate (options['reference_onnx']); gate skipped")
+            return
+        import onnxruntime as ort
+
+        folder = build.gate_images or build.calibration_dir
+        if folder:
+            batches = load_frames(folder, self.config.resolution, self.config.batch_size, build.gate_frames)
+        else:
+            log.warning("accuracy gate on seeded noise: pass gate_images / --gate-images for real frames")
+            rng = np.random.default_rng(0)
+            batches = [rng.standard_normal(self.input_shape, dtype=np.float32) for _ in range(2)]
+        sess = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
+        in_name = sess.get_inputs()[0].name
+        result = accuracy_gate(
+            self.infer, lambda x: sess.run(None, {in_name: x})[0], batches, build.min_label_agreement
+        )
+        log.info("TensorRT %s accuracy gate vs FP32 ONNX Runtime: %s", build.precision, result.describe())
+        if not result.passed:
+            raise RuntimeError(
+                f"TensorRT {build.precision} engine failed the accuracy gate ({result.describe()}; minimum agreement "
+                f"{build.min_label_agreement * 100:.1f}%); not cached"
+            )
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        self._check_batch(batch)
+        with torch.cuda.stream(self.stream):
+            self.buffers[self.input_name].copy_(torch.from_numpy(batch), non_blocking=False)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            out = self.buffers[self.output_name].float().cpu()
+        self.stream.synchronize()
+        return out.numpy()
+
+    def describe(self) -> dict[str, str]:
+        info = super().describe()
+        info.update({"engine": str(self.engine_info.path), "tensorrt": self.trt.__version__})
+        if self.build_config.strongly_typed:
+            info["precision"] = "fp16-strong"
+        return info

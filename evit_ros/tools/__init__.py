@@ -1,1 +1,0 @@
-"""Measurement and maintenance scripts (not imported by the node)."""
