@@ -122,7 +122,7 @@ def test_build_engine_cli_without_tensorrt(capsys) -> None:
 
 
 @needs_trt
-@pytest.mark.parametrize("options", [{}, {"strongly_typed": True}])
+@pytest.mark.parametrize("options", [{}, {"typing": "strong"}, {"typing": "weak"}])
 def test_tensorrt_fp16_engine_matches_fp32(
     b0_checkpoint: Path, real_frames: list[Path], tmp_path: Path, options
 ) -> None:
