@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS
 from evit_ros.runtime import BACKENDS, PRECISIONS
-from evit_ros.runtime.options import BACKEND_OPTIONS, normalise_options
+from evit_ros.runtime.options import BACKEND_OPTIONS, BackendOption, normalise_options
 
 # Older spellings kept working: flag -> option name.
 _FLAG_ALIASES = {"min_label_agreement": ("--min-agreement",)}
@@ -49,10 +49,24 @@ def add_backend_option_arguments(parser: argparse.ArgumentParser) -> None:
             g.add_argument(*names, dest=opt.name, action=argparse.BooleanOptionalAction, default=opt.default,
                            help=help_text)  # fmt: skip
         else:
-            g.add_argument(*names, dest=opt.name, type=opt.type, default=opt.default,
-                           choices=list(opt.choices) or None, help=help_text)  # fmt: skip
+            g.add_argument(*names, dest=opt.name, type=_checked(opt), default=opt.default,
+                           help=help_text + (f" (one of {', '.join(opt.choices)})" if opt.choices else ""))  # fmt: skip
     # The pre-table spelling of --typing strong.
     g.add_argument("--strongly-typed", dest="typing", action="store_const", const="strong", help=argparse.SUPPRESS)
+
+
+def _checked(opt: BackendOption):
+    """argparse type: the option's own parsing and validation, so a bad value is a usage error at once."""
+
+    def convert(text: str):
+        try:
+            value = opt.parse(text)
+            return value if value == opt.unset else opt.check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = opt.type.__name__
+    return convert
 
 
 def backend_options_from_args(args: argparse.Namespace) -> dict:
