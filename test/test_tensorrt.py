@@ -434,3 +434,18 @@ def test_torch_backend_on_indexless_cuda() -> None:
         backend = create_backend("torch", BackendConfig(weights="random", resolution=(64, 128), device="cuda"))
     assert backend.config.device == f"cuda:{torch.cuda.current_device()}"
     assert np.isfinite(backend.infer(np.zeros(backend.input_shape, dtype=np.float32))).all()
+
+
+def test_enum_names_from_either_binding_style() -> None:
+    import enum
+
+    from evit_ros.deploy.tensorrt_build import enum_name
+
+    class LayerType(enum.Enum):  # an object with .name, as pybind11 enums have
+        CONSTANT = 1
+
+    class Printed:  # only str(), "LayerType.SHUFFLE" as pybind11 prints members
+        def __str__(self) -> str:
+            return "LayerType.SHUFFLE"
+
+    assert enum_name(LayerType.CONSTANT) == "CONSTANT" and enum_name(Printed()) == "SHUFFLE"

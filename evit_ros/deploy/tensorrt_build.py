@@ -515,6 +515,7 @@ def _make_calibrator(trt, batches: list[np.ndarray], cache_file: Path):
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = batches
             self.index = 0
+            # "cuda" is the backend's device: it calls torch.cuda.set_device before building.
             self.device_input = torch.empty(batches[0].shape, dtype=torch.float32, device="cuda")
 
         def get_batch_size(self) -> int:
@@ -537,6 +538,12 @@ def _make_calibrator(trt, batches: list[np.ndarray], cache_file: Path):
     return EntropyCalibrator()
 
 
+def enum_name(value) -> str:
+    """A TensorRT enum member's name ("CONSTANT" for trt.LayerType.CONSTANT), from `.name` or its str()."""
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) else str(value).rsplit(".", 1)[-1]
+
+
 def tensorrt_layers(trt, network) -> list[LayerNode]:
     """The parsed network as LayerNode records for ``select_fp32_layers``."""
     float_types = (trt.float32, trt.float16)
@@ -552,7 +559,7 @@ def tensorrt_layers(trt, network) -> list[LayerNode]:
         layers.append(
             LayerNode(
                 layer.name,
-                layer.type.name,
+                enum_name(layer.type),
                 tuple(inputs),
                 tuple(o.name for o in outputs),
                 tuple(o.dtype in float_types and not o.is_shape_tensor for o in outputs),

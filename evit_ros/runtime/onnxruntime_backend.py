@@ -62,7 +62,8 @@ class OnnxRuntimeBackend(Backend):
         providers = _providers(config.device)
         self.session = ort.InferenceSession(str(self.onnx_path), sess_options=opts, providers=providers)
         self.providers = self.session.get_providers()
-        config.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        cuda_index = parse_device(config.device)[1] or 0
+        config.device = f"cuda:{cuda_index}" if "CUDAExecutionProvider" in self.providers else "cpu"
         self.input_name, self.output_name = io_names(self.onnx_path)
         shape = self.session.get_inputs()[0].shape  # [N or 'batch', 3, H, W]
         h, w = int(shape[2]), int(shape[3])

@@ -22,6 +22,7 @@ from evit_ros.deploy.tensorrt_build import (
     engine_cache_key,
     engine_cache_root,
     engine_path,
+    enum_name,
     import_tensorrt,
     load_frames,
     parse_version,
@@ -215,7 +216,7 @@ class TensorRTBackend(Backend):
             shape = tuple(self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"TensorRT left tensor {name} with unresolved shape {shape}")
-            dtype = getattr(torch, torch_dtype_name(self.engine.get_tensor_dtype(name).name, name))
+            dtype = getattr(torch, torch_dtype_name(enum_name(self.engine.get_tensor_dtype(name)), name))
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
             self.context.set_tensor_address(name, self.buffers[name].data_ptr())
             if name != self.input_name:
