@@ -40,7 +40,7 @@ from evit_ros.pipeline.processing import list_images
 
 log = logging.getLogger(__name__)
 
-ENGINE_FORMAT_VERSION = "1"
+ENGINE_FORMAT_VERSION = "2"  # 2: FP32 pins by connectivity, typing route, calibration content key
 ATTENTION_TOKEN = "/linear_attention/"
 PROGRESS_INTERVAL_S = 5.0
 
