@@ -449,3 +449,17 @@ def test_enum_names_from_either_binding_style() -> None:
             return "LayerType.SHUFFLE"
 
     assert enum_name(LayerType.CONSTANT) == "CONSTANT" and enum_name(Printed()) == "SHUFFLE"
+
+
+def test_random_weights_are_the_same_network_on_every_load() -> None:
+    """The TensorRT backend loads random weights twice (FP32 reference, fp16-strong graph); its gate compares them."""
+    torch = pytest.importorskip("torch")
+    from evit_ros.network.variants import get_variant
+    from evit_ros.network.weights import load_model
+
+    variant = get_variant("b0-cityscapes")
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        first, _ = load_model(variant, "random")
+        second, _ = load_model(variant, "random")
+    state = second.state_dict()
+    assert all(torch.equal(value, state[name]) for name, value in first.state_dict().items())

@@ -244,7 +244,6 @@ def run_gpu_checks(
     rows: list[GpuRow] = []
     for model_name in models:
         variant = get_variant(model_name)
-        torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the RANDOM WEIGHTS warning: intended here
             model, _ = load_model(variant, "random")
