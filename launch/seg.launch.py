@@ -4,7 +4,10 @@
     ros2 launch evit_ros seg.launch.py use_compressed:=true backend:=onnxruntime build_only:=true
 
 The node's parameters come from params_file (default: the package's config/seg.yaml); model, resolution,
-backend and precision given here override it ('' keeps the file's value). For several cameras include this
+backend, precision and every backend option (dla_core, typing, calibration_dir, ... : evit_ros/runtime/options.py,
+the same names as the node parameters and the evit-ros flags) given here override it ('' keeps the file's value):
+
+    ros2 launch evit_ros seg.launch.py backend:=tensorrt precision:=fp16 dla_core:=0 For several cameras include this
 file once per camera with a different namespace. With rmw_fastrtps_cpp (the default RMW) the shipped Fast DDS
 profile config/fastdds_shm.xml (64 MiB shared-memory segment) is applied to everything this launch starts,
 unless FASTDDS_DEFAULT_PROFILES_FILE is already set or dds_profile:='' is given.
@@ -17,9 +20,10 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from evit_ros.runtime.options import BACKEND_OPTIONS, OPTIONS_BY_NAME
 from launch import LaunchDescription
 
-OVERRIDABLE = ("model", "resolution", "backend", "precision")
+OVERRIDABLE = ("model", "resolution", "backend", "precision", *(opt.name for opt in BACKEND_OPTIONS))
 
 
 def _truthy(text: str) -> bool:
@@ -41,6 +45,9 @@ def _setup(context):
         actions.append(SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile))
 
     overrides = {name: arg[name] for name in OVERRIDABLE if arg[name]}
+    for name, text in overrides.items():
+        if name in OPTIONS_BY_NAME:  # typed like the node parameter (launch arguments are text)
+            overrides[name] = OPTIONS_BY_NAME[name].parse(text)
     compressed = _truthy(arg["use_compressed"])
     overrides["input_transport"] = "compressed" if compressed else "raw"
     overrides["build_only"] = _truthy(arg["build_only"])
@@ -68,6 +75,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("resolution", default_value="", description="network input HxW ('' = params_file)"),
         DeclareLaunchArgument("backend", default_value="", description="auto|tensorrt|torch|onnxruntime"),
         DeclareLaunchArgument("precision", default_value="", description="fp32|fp16|int8 ('' = params_file)"),
+        *(
+            DeclareLaunchArgument(opt.name, default_value="", description=f"{opt.description} ('' = params_file)")
+            for opt in BACKEND_OPTIONS
+        ),
         DeclareLaunchArgument("image", default_value="image", description="input image topic (base name)"),
         DeclareLaunchArgument("namespace", default_value="", description="camera namespace of the node"),
         DeclareLaunchArgument(

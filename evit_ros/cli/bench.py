@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evit_ros.cli.common import add_model_arguments
+from evit_ros.cli.common import add_model_arguments, backend_options_from_args
 
 
 @dataclass
@@ -127,6 +127,7 @@ def run_bench(args: argparse.Namespace) -> int:
             num_threads=args.num_threads,
             engine_cache_dir=args.engine_cache_dir,
             batch_size=args.batch_size,
+            options=backend_options_from_args(args),
         )
         backend = create_backend(resolved, config)
         try:

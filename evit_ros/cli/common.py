@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS
 from evit_ros.runtime import BACKENDS, PRECISIONS
+from evit_ros.runtime.options import BACKEND_OPTIONS, BackendOption, normalise_options
+
+# Older spellings kept working: flag -> option name.
+_FLAG_ALIASES = {"min_label_agreement": ("--min-agreement",)}
 
 
 def add_model_arguments(
@@ -32,6 +36,45 @@ def add_model_arguments(
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: picked by the backend)")
     g.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
     g.add_argument("--engine-cache-dir", default=None, help="where ONNX files and TensorRT engines are cached")
+    add_backend_option_arguments(parser)
+
+
+def add_backend_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per engine-affecting backend option (runtime/options.py), named like the node parameter."""
+    g = parser.add_argument_group("backend options (same names as the node's parameters)")
+    for opt in BACKEND_OPTIONS:
+        names = (opt.flag, *_FLAG_ALIASES.get(opt.name, ()))
+        help_text = f"{opt.description} [{'/'.join(opt.backends)}; default {opt.default!r}]"
+        if opt.type is bool:
+            g.add_argument(*names, dest=opt.name, action=argparse.BooleanOptionalAction, default=opt.default,
+                           help=help_text)  # fmt: skip
+        else:
+            g.add_argument(*names, dest=opt.name, type=_checked(opt), default=opt.default,
+                           help=help_text + (f" (one of {', '.join(opt.choices)})" if opt.choices else ""))  # fmt: skip
+    # The pre-table spelling of --typing strong.
+    g.add_argument("--strongly-typed", dest="typing", action="store_const", const="strong", help=argparse.SUPPRESS)
+
+
+def _checked(opt: BackendOption):
+    """argparse type: the option's own parsing and validation, so a bad value is a usage error at once."""
+
+    def convert(text: str):
+        try:
+            value = opt.parse(text)
+            return value if value == opt.unset else opt.check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = opt.type.__name__
+    return convert
+
+
+def backend_options_from_args(args: argparse.Namespace) -> dict:
+    """BackendConfig.options from the parsed flags (validated; unset values dropped)."""
+    try:
+        return normalise_options({opt.name: getattr(args, opt.name) for opt in BACKEND_OPTIONS})
+    except ValueError as exc:
+        raise SystemExit(f"evit-ros: {exc}") from exc
 
 
 def segmenter_from_args(args: argparse.Namespace, **overrides):
@@ -47,6 +90,7 @@ def segmenter_from_args(args: argparse.Namespace, **overrides):
         num_threads=args.num_threads,
         engine_cache_dir=args.engine_cache_dir,
         allow_random_weights=args.weights == "random",
+        backend_options=backend_options_from_args(args),
     )
     kwargs.update(overrides)
     return Segmenter(**kwargs)

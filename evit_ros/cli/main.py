@@ -1,4 +1,4 @@
-"""`evit-ros` command line: predict, export, build-engine, bench, play, eval.
+"""`evit-ros` command line: predict, export, build-engine, bench, play, eval, doctor.
 
 Each subcommand's parser and runner live in their own module of this package, imported only when used, so
 `evit-ros predict` never loads rclpy and `evit-ros play` never loads torch.
@@ -24,6 +24,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "bench": ("evit_ros.cli.bench", "add_bench_arguments", "run_bench", "benchmark backends"),
     "play": ("evit_ros.cli.play", "add_play_arguments", "run_play", "publish images, a video or a bag as a camera"),
     "eval": ("evit_ros.cli.eval", "add_eval_arguments", "run_eval", "score predictions, bags or folders"),
+    "doctor": (
+        "evit_ros.cli.doctor",
+        "add_doctor_arguments",
+        "run_doctor",
+        "report what this machine can run (--gpu: run and check the GPU paths)",
+    ),
 }
 
 

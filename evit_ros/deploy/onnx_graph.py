@@ -100,3 +100,65 @@ def io_names(model: onnx.ModelProto | str | os.PathLike) -> tuple[str, str]:
     initializers = {i.name for i in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in initializers]
     return inputs[0], graph.output[0].name
+
+
+def require_logits(model: onnx.ModelProto | str | os.PathLike, meta: dict[str, str] | None = None) -> None:
+    """Raise ValueError unless the graph outputs logits (metadata ``output``), as backends and the gate need.
+
+    A labels-head export (N x H x W int32 class ids) would otherwise be compared as if it were logits.
+    Graphs without the metadata (third-party exports) are judged by their output's element type.
+    """
+    meta = metadata(model) if meta is None else meta
+    head = meta.get("output")
+    if head is None:
+        out = load(model).graph.output[0].type.tensor_type.elem_type
+        head = "logits" if out in _FLOAT_TYPES else f"non-float ({onnx.TensorProto.DataType.Name(out)})"
+    if head != "logits":
+        raise ValueError(
+            f"{model if not isinstance(model, onnx.ModelProto) else 'the ONNX model'} outputs {head}, but a logits "
+            "model (N x C x H/8 x W/8) is needed here: export with --head logits (the default)"
+        )
+
+
+# How TensorRT's ONNX parser turns these ops into layers (onnx-tensorrt onnxOpImporters.cpp): data-movement ops
+# become shuffle layers, Constant nodes and initializers constant layers.
+_TRT_LAYER_OF_OP = {
+    "Constant": "CONSTANT",
+    "Reshape": "SHUFFLE",
+    "Transpose": "SHUFFLE",
+    "Unsqueeze": "SHUFFLE",
+    "Squeeze": "SHUFFLE",
+    "Flatten": "SHUFFLE",
+    "Identity": "IDENTITY",
+    "Cast": "CAST",
+    "Add": "ELEMENTWISE",
+    "Sub": "ELEMENTWISE",
+    "Mul": "ELEMENTWISE",
+    "Div": "ELEMENTWISE",
+    "MatMul": "MATRIX_MULTIPLY",
+}
+
+
+def layer_graph(model: onnx.ModelProto | str | os.PathLike):
+    """The graph as ``tensorrt_build.LayerNode`` records (initializers as constant layers), so the FP32 pin
+    selection (``tensorrt_build.select_fp32_layers``) can be checked on an exported graph without TensorRT."""
+    from evit_ros.deploy.tensorrt_build import LayerNode
+
+    proto = load(model)
+    types = _elem_types(proto)
+    nodes = [
+        LayerNode(init.name, "CONSTANT", (), (init.name,), (init.data_type in _FLOAT_TYPES,))
+        for init in proto.graph.initializer
+    ]
+    for node in proto.graph.node:
+        outputs = tuple(o for o in node.output if o)
+        nodes.append(
+            LayerNode(
+                node.name,
+                _TRT_LAYER_OF_OP.get(node.op_type, node.op_type.upper()),
+                tuple(i for i in node.input if i),
+                outputs,
+                tuple(types.get(o) in _FLOAT_TYPES for o in outputs),
+            )
+        )
+    return nodes

@@ -6,11 +6,19 @@ An offline deployment step (``evit-ros build-engine``), also run on a cache miss
 TensorRT; only the builder imports ``tensorrt``.
 
 Precision plan: all-FP16 engines of these models produce NaN (the linear attention's normaliser
-overflows 65504 and its 1e-15 epsilon underflows), so FP16/INT8 builds pin every
-attention-core layer (ONNX nodes under ``/linear_attention/``, see ``onnx_graph.fp32_pin_nodes``)
-to FP32 with ``OBEY_PRECISION_CONSTRAINTS``; or, with ``strongly_typed``, the builder follows the
-explicit FP16/FP32 types of the ``fp16-strong`` ONNX export. New FP16/INT8 engines must pass an
-accuracy gate against the FP32 ONNX Runtime reference before they are cached.
+overflows 65504 and its 1e-15 epsilon underflows), so the attention cores must stay FP32. Two routes,
+chosen by TensorRT version (``select_precision_route``):
+
+- strongly typed (default for fp16 on TensorRT >= 10): the builder follows the explicit FP16/FP32 types of
+  the ``fp16-strong`` ONNX export (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``);
+- weakly typed (8.6-10.x; fp16 on 8.6/9.x, int8, or ``typing=weak``): the FP16 flag plus FP32 pins on every
+  attention-core layer and, by connectivity, the constants and broadcast shuffles feeding them
+  (``select_fp32_layers``), with ``OBEY_PRECISION_CONSTRAINTS``. TensorRT deprecates this from 10.12 and
+  removes it in 11, and the INT8 entropy calibrator from 10.1; INT8 on 11.x is refused (it needs explicit
+  Q/DQ quantization, which the export does not produce).
+
+New FP16/INT8 engines must pass an accuracy gate against the FP32 ONNX Runtime reference before they are
+cached; this also catches TensorRT ignoring precision requests (NVIDIA/TensorRT#3941 on 10.0.1).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from evit_ros.pipeline.processing import list_images
 
 log = logging.getLogger(__name__)
 
-ENGINE_FORMAT_VERSION = "1"
+ENGINE_FORMAT_VERSION = "2"  # 2: FP32 pins by connectivity, typing route, calibration content key
 ATTENTION_TOKEN = "/linear_attention/"
 PROGRESS_INTERVAL_S = 5.0
 
@@ -69,6 +77,21 @@ class EngineBuildConfig:
             raise ValueError("INT8 needs calibration images (calibration_dir / --calibration-dir)")
         if not 0.0 <= self.min_label_agreement <= 1.0:
             raise ValueError("min_label_agreement must be within [0, 1]")
+        if self.builder_optimization_level is not None and not 0 <= self.builder_optimization_level <= 5:
+            raise ValueError("builder_optimization_level must be within 0..5 (TensorRT's default is 3)")
+        if self.dla_core is not None:
+            if self.dla_core < 0:
+                raise ValueError(f"dla_core must be >= 0, not {self.dla_core}")
+            if self.precision == "fp32":
+                # DLA runs FP16/INT8 only; TensorRT would silently put every layer on the GPU.
+                raise ValueError("DLA runs fp16 and int8 only: use precision fp16 (or int8) with dla_core")
+            if not self.gpu_fallback:
+                # FP32-pinned attention (or the strongly typed FP32 islands) and the cubic Resize are not DLA
+                # layers, so a DLA-only build of these models always fails.
+                raise ValueError(
+                    "these models need GPU fallback on the DLA (FP32 attention and cubic Resize do not run on "
+                    "DLA): drop --no-gpu-fallback / gpu_fallback:=false"
+                )
 
     @property
     def needs_gate(self) -> bool:
@@ -91,7 +114,8 @@ def engine_cache_key(
     )
     calib = None
     if build.precision == "int8" and build.calibration_dir:
-        calib = [str(Path(build.calibration_dir).expanduser().resolve()), build.calibration_images]
+        # The calibration images' contents, not their folder: a moved folder keeps its engine, edited images do not.
+        calib = calibration_fingerprint(build.calibration_dir, build.calibration_images)
     fields = {
         "format": ENGINE_FORMAT_VERSION,
         "onnx_sha256": onnx_sha256,
@@ -112,6 +136,16 @@ def engine_cache_key(
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def calibration_fingerprint(folder: str | os.PathLike, limit: int) -> str:
+    """sha256 over the names and contents of the calibration images that are used (the first ``limit``)."""
+    from evit_ros.network.weights import sha256_of
+
+    digest = hashlib.sha256()
+    for path in calibration_images(folder, limit):
+        digest.update(f"{path.name}\0{sha256_of(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def engine_cache_root(engine_cache_dir: str | os.PathLike | None = None) -> Path:
     """Persistent engine cache: `engine_cache_dir`, else evit_ros.weights.cache_dir()/tensorrt (never /tmp)."""
     from evit_ros.network.weights import cache_dir
@@ -127,6 +161,169 @@ def is_attention_layer(name: str, pins: set[str] | frozenset[str]) -> bool:
     """Whether a TensorRT layer belongs to an attention core: an ONNX pin by name, or a layer the parser
     derived from one (TensorRT layer names start with the ONNX node name)."""
     return name in pins or ATTENTION_TOKEN in name
+
+
+@dataclass(frozen=True)
+class LayerNode:
+    """One layer of a network, as the FP32 pin selection sees it (TensorRT layer or ONNX node)."""
+
+    name: str
+    type: str  # TensorRT LayerType member name: CONSTANT, SHUFFLE, ELEMENTWISE, ...
+    inputs: tuple[str, ...]  # tensor names
+    outputs: tuple[str, ...]
+    float_outputs: tuple[bool, ...]  # per output: FP32/FP16 (pinnable) or not (shape tensors, int, bool)
+
+    @property
+    def all_float(self) -> bool:
+        return bool(self.outputs) and all(self.float_outputs)
+
+
+# Layers that only carry a value to a pinned layer. The ONNX parser feeds an elementwise layer's low-rank operand
+# (the 1e-15 epsilon) through a constant layer and a broadcast shuffle named "ONNXTRT_Broadcast" (10.x) or unnamed
+# (8.6); TensorRT's constant-shuffle fusion would run that pair in FP16, flushing the epsilon to ~6e-8.
+PASS_THROUGH_LAYERS = frozenset({"CONSTANT", "SHUFFLE", "IDENTITY", "CAST", "SLICE", "CONCATENATION"})
+_NEVER_SEEDED = frozenset({"CONSTANT", "SHAPE"})
+
+
+def select_fp32_layers(layers: Sequence[LayerNode], pins: set[str] | frozenset[str]) -> list[str]:
+    """Names of the layers to pin to FP32, in network order.
+
+    Seeds: float-valued layers of an attention core, by name (``is_attention_layer``). Then, by connectivity,
+    every float producer of a pinned layer reached back through constant/shuffle-like layers, whatever its
+    name: the parser's broadcast shuffles and constants carry no attention scope.
+    """
+    producer = {out: layer for layer in layers for out in layer.outputs}
+    pinned: set[str] = set()
+    stack: list[LayerNode] = []
+    for layer in layers:
+        if layer.type not in _NEVER_SEEDED and layer.all_float and is_attention_layer(layer.name, pins):
+            pinned.add(layer.name)
+            stack.append(layer)
+    while stack:
+        layer = stack.pop()
+        for tensor in layer.inputs:
+            src = producer.get(tensor)
+            if src is None or src.name in pinned or src.type not in PASS_THROUGH_LAYERS:
+                continue
+            if not src.float_outputs[src.outputs.index(tensor)]:
+                continue  # a shape tensor (e.g. a shuffle's reshape dimensions): not a value to pin
+            pinned.add(src.name)
+            stack.append(src)
+    return [layer.name for layer in layers if layer.name in pinned]
+
+
+@dataclass(frozen=True)
+class PrecisionRoute:
+    """How an engine of a given precision is built on a given TensorRT version."""
+
+    strongly_typed: bool  # STRONGLY_TYPED network from the fp16-strong ONNX (fp16) or the fp32 ONNX (fp32)
+    weak_flags: bool  # FP16 (and INT8) builder flags with FP32 pins and OBEY_PRECISION_CONSTRAINTS
+    warnings: tuple[str, ...] = ()
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as "10.3.0" or "8.6.1.post1"."""
+    parts = version.strip().split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError as exc:
+        raise ValueError(f"unrecognised TensorRT version {version!r}") from exc
+
+
+def select_precision_route(version: str, precision: str, typing: str = "auto") -> PrecisionRoute:
+    """The build route for ``precision`` on TensorRT ``version``; ``typing`` is auto | strong | weak (fp16 only).
+
+    Weak typing (FP16 flag, OBEY_PRECISION_CONSTRAINTS, per-layer precision) is deprecated from TensorRT 10.12 and
+    removed in 11; the implicit INT8 calibrator is deprecated from 10.1. Raises ValueError for what cannot work.
+    """
+    major, minor = parse_version(version)
+    if (major, minor) < (8, 6):
+        raise ValueError(f"TensorRT {version} is too old: evit_ros needs TensorRT 8.6 or newer")
+    if typing not in ("auto", "strong", "weak"):
+        raise ValueError(f"typing must be auto, strong or weak, not {typing!r}")
+    removed = major >= 11
+    deprecated = (major, minor) >= (10, 12)
+    if precision == "fp32":
+        # An FP32 network needs no precision flags, weakly or strongly typed.
+        return PrecisionRoute(strongly_typed=False, weak_flags=False)
+    if precision == "int8":
+        if removed:
+            raise ValueError(
+                f"INT8 on TensorRT {version} needs explicit quantization (a Q/DQ ONNX), which evit_ros does not "
+                "export; implicit calibration was removed in TensorRT 11. Use precision fp16"
+            )
+        notes = []
+        if (major, minor) >= (10, 1):
+            notes.append(f"the INT8 entropy calibrator is deprecated since TensorRT 10.1 (this is {version})")
+        if deprecated:
+            notes.append(f"weakly typed precision control is deprecated since TensorRT 10.12 (this is {version})")
+        return PrecisionRoute(strongly_typed=False, weak_flags=True, warnings=tuple(notes))
+    if precision != "fp16":
+        raise ValueError(f"TensorRT precision must be fp32, fp16 or int8, not {precision}")
+    if typing == "auto":
+        typing = "strong" if major >= 10 else "weak"
+    if typing == "strong":
+        if major < 10:
+            raise ValueError(f"strongly typed builds need TensorRT >= 10, this is {version}: use typing weak")
+        return PrecisionRoute(strongly_typed=True, weak_flags=False)
+    if removed:
+        raise ValueError(f"weak typing (FP16 flag with FP32 pins) was removed in TensorRT 11 ({version}): use strong")
+    notes = (f"weakly typed precision control is deprecated since TensorRT 10.12 (this is {version})",)
+    return PrecisionRoute(strongly_typed=False, weak_flags=True, warnings=notes if deprecated else ())
+
+
+# TensorRT's ILogger.Severity values, most severe first (NvInferRuntimeBase.h: kINTERNAL_ERROR = 0 ... kVERBOSE = 4).
+SEVERITY_RANK = {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4}
+
+
+def min_trt_severity(python_level: int, verbose: bool = False) -> str:
+    """The least severe TensorRT message worth passing to Python logging at ``python_level``.
+
+    Everything less severe is dropped in the logger before it reaches Python (VERBOSE alone is thousands of
+    messages per build, each a GIL round trip). VERBOSE only on request (EVIT_ROS_TRT_VERBOSE=1).
+    """
+    if python_level <= logging.DEBUG:
+        return "VERBOSE" if verbose else "INFO"
+    if python_level <= logging.WARNING:
+        return "WARNING"
+    return "ERROR"
+
+
+# TensorRT DataType member name -> torch dtype name (TensorRT's pyFoundationalTypes.cpp members; FP8, INT4 and
+# FP4 have no torch buffer type this backend could bind).
+TORCH_DTYPE_OF_TRT = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+}
+
+
+def torch_dtype_name(trt_dtype_name: str, tensor: str = "") -> str:
+    """The torch dtype name for a TensorRT DataType member name; ValueError for types with no torch buffer."""
+    try:
+        return TORCH_DTYPE_OF_TRT[trt_dtype_name]
+    except KeyError:
+        raise ValueError(
+            f"engine tensor {tensor!r} has TensorRT type {trt_dtype_name}, which this backend cannot bind "
+            f"(supported: {', '.join(TORCH_DTYPE_OF_TRT)})"
+        ) from None
+
+
+def profile_shape(name: str, dims: Sequence[int], wanted: Sequence[int]) -> tuple[int, ...] | None:
+    """The shape for an optimization profile of input ``name`` with network dims ``dims`` (-1 = dynamic), or None
+    when it is static. min = opt = max = ``wanted``: the backend only ever runs the configured shape."""
+    dims, wanted = tuple(int(d) for d in dims), tuple(int(w) for w in wanted)
+    if len(dims) != len(wanted):
+        raise ValueError(f"input {name} has rank {len(dims)}, the configuration {wanted} rank {len(wanted)}")
+    for d, w in zip(dims, wanted):
+        if d >= 0 and d != w:
+            raise ValueError(f"input {name} has static shape {dims}, which does not fit the configured {wanted}")
+    return wanted if any(d < 0 for d in dims) else None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -228,24 +425,34 @@ def _trt_major(trt) -> int:
 
 
 class _TrtLogger:
-    """Routes TensorRT messages to Python logging."""
+    """Routes TensorRT messages to Python logging, dropping those below a minimum severity before Python sees them."""
 
     @staticmethod
-    def create(trt):
+    def create(trt, min_severity: str | None = None):
+        if min_severity is None:
+            verbose = os.environ.get("EVIT_ROS_TRT_VERBOSE", "") not in ("", "0")
+            min_severity = min_trt_severity(log.getEffectiveLevel(), verbose)
+        sev = trt.ILogger.Severity
+        levels = {
+            sev.INTERNAL_ERROR: logging.CRITICAL,
+            sev.ERROR: logging.ERROR,
+            sev.WARNING: logging.WARNING,
+            sev.INFO: logging.DEBUG,
+            sev.VERBOSE: logging.DEBUG,
+        }
+
         class Logger(trt.ILogger):
-            def __init__(self) -> None:
+            def __init__(self, threshold) -> None:
                 trt.ILogger.__init__(self)
+                self.min_severity = threshold
 
             def log(self, severity, msg) -> None:
-                level = {
-                    trt.ILogger.INTERNAL_ERROR: logging.ERROR,
-                    trt.ILogger.ERROR: logging.ERROR,
-                    trt.ILogger.WARNING: logging.WARNING,
-                    trt.ILogger.INFO: logging.DEBUG,
-                }.get(severity, logging.DEBUG)
-                log.log(level, "TensorRT: %s", msg)
+                # Severity is an arithmetic enum, most severe = 0 (pyCore.cpp); larger means less severe.
+                if int(severity) > int(self.min_severity):
+                    return
+                log.log(levels.get(severity, logging.DEBUG), "TensorRT: %s", msg)
 
-        return Logger()
+        return Logger(getattr(sev, min_severity))
 
 
 def _progress_monitor(trt):
@@ -308,6 +515,7 @@ def _make_calibrator(trt, batches: list[np.ndarray], cache_file: Path):
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = batches
             self.index = 0
+            # "cuda" is the backend's device: it calls torch.cuda.set_device before building.
             self.device_input = torch.empty(batches[0].shape, dtype=torch.float32, device="cuda")
 
         def get_batch_size(self) -> int:
@@ -330,17 +538,95 @@ def _make_calibrator(trt, batches: list[np.ndarray], cache_file: Path):
     return EntropyCalibrator()
 
 
+def enum_name(value) -> str:
+    """A TensorRT enum member's name ("CONSTANT" for trt.LayerType.CONSTANT), from `.name` or its str()."""
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) else str(value).rsplit(".", 1)[-1]
+
+
+def tensorrt_layers(trt, network) -> list[LayerNode]:
+    """The parsed network as LayerNode records for ``select_fp32_layers``."""
+    float_types = (trt.float32, trt.float16)
+    layers = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        inputs = []
+        for j in range(layer.num_inputs):
+            tensor = layer.get_input(j)
+            if tensor is not None:  # optional inputs are None
+                inputs.append(tensor.name)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        layers.append(
+            LayerNode(
+                layer.name,
+                enum_name(layer.type),
+                tuple(inputs),
+                tuple(o.name for o in outputs),
+                tuple(o.dtype in float_types and not o.is_shape_tensor for o in outputs),
+            )
+        )
+    return layers
+
+
+def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> None:
+    selected = select_fp32_layers(tensorrt_layers(trt, network), pins)
+    chosen = set(selected)
+    by_connectivity = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.name not in chosen:
+            continue
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        by_connectivity += not is_attention_layer(layer.name, pins)
+    log.info(
+        "pinned %d layers to FP32 (%d ONNX pins; %d constants/shuffles found by connectivity)",
+        len(selected),
+        len(pins),
+        by_connectivity,
+    )
+    if pins and not selected:
+        raise RuntimeError("no attention-core layer could be pinned to FP32; refusing to build an all-FP16 engine")
+
+
+def _add_optimization_profile(builder, network, config, input_shape: Sequence[int]):
+    """An optimization profile for dynamic inputs (a dynamic-batch ONNX); None when every input is static."""
+    profile = None
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = profile_shape(tensor.name, tuple(tensor.shape), input_shape)
+        if shape is None:
+            continue
+        if profile is None:
+            profile = builder.create_optimization_profile()
+        profile.set_shape(tensor.name, shape, shape, shape)
+    if profile is not None:
+        if config.add_optimization_profile(profile) < 0:
+            raise RuntimeError(f"TensorRT rejected the optimization profile for input shape {tuple(input_shape)}")
+        log.info("dynamic ONNX input: optimization profile fixed at %s", tuple(input_shape))
+    return profile
+
+
 def build_serialized_engine(
-    trt, onnx_path: Path, build: EngineBuildConfig, timing_cache: Path, calibration_cache: Path, resolution, batch: int
+    trt,
+    onnx_path: Path,
+    build: EngineBuildConfig,
+    timing_cache: Path,
+    calibration_cache: Path,
+    resolution,
+    batch: int,
 ) -> bytes:
     logger = _TrtLogger.create(trt)
     builder = trt.Builder(logger)
+    if build.dla_core is not None and build.dla_core >= builder.num_DLA_cores:
+        raise ValueError(f"DLA core {build.dla_core} requested, but this device has {builder.num_DLA_cores} DLA cores")
     flags = 0
     if _trt_major(trt) < 10:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     if build.strongly_typed:
         if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-            raise TensorRTUnavailable(f"strongly typed networks need TensorRT >= 9/10, this is {trt.__version__}")
+            raise TensorRTUnavailable(f"strongly typed networks need TensorRT >= 10, this is {trt.__version__}")
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -353,41 +639,18 @@ def build_serialized_engine(
         config.clear_flag(trt.BuilderFlag.TF32)
     if build.builder_optimization_level is not None:
         config.builder_optimization_level = build.builder_optimization_level
+    input_shape = (batch, 3, *resolution)
+    profile = _add_optimization_profile(builder, network, config, input_shape)
     if not build.strongly_typed and build.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
         if build.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
             batches = load_frames(build.calibration_dir, resolution, batch, build.calibration_images)
             config.int8_calibrator = _make_calibrator(trt, batches, calibration_cache)
+            if profile is not None:
+                config.set_calibration_profile(profile)  # calibration of a dynamic input needs a profile
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pins = frozenset(build.fp32_pins)
-        pinned, matched = 0, set()
-        float_types = (trt.float32, trt.float16)
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if not is_attention_layer(layer.name, pins):
-                continue
-            outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-            if layer.type in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE) or not all(
-                o.dtype in float_types for o in outputs
-            ):
-                continue  # shape arithmetic and constants keep their own types
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-            matched.add(layer.name)
-        missing = sorted(pins - matched)
-        log.info(
-            "pinned %d attention-core layers to FP32 (%d ONNX pins, %d not found by name)",
-            pinned,
-            len(pins),
-            len(missing),
-        )
-        if missing:
-            log.debug("ONNX pins without a same-named TensorRT layer: %s", missing[:8])
-        if pins and pinned == 0:
-            raise RuntimeError("no attention-core layer could be pinned to FP32; refusing to build an all-FP16 engine")
+        _pin_attention_fp32(trt, network, frozenset(build.fp32_pins))
     if build.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(build.dla_core)

@@ -114,13 +114,20 @@ def load_model(variant: Variant, weights: str | os.PathLike | None, download: bo
     """Build `variant` in eval mode with its checkpoint; returns (model, checkpoint sha256 or 'random')."""
     from evit_ros.network.model import EfficientViTSeg
 
-    model = EfficientViTSeg(variant).eval()
     if weights is not None and str(weights) == RANDOM_WEIGHTS:
+        import torch
+
+        # Seeded, so every load of the same variant is the same network: the TensorRT backend exports the FP32
+        # reference and the fp16-strong graph in two loads, and its accuracy gate compares them.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = EfficientViTSeg(variant).eval()
         warnings.warn(
             f"RANDOM WEIGHTS for {variant.name}: outputs are meaningless; use only for smoke tests and timing",
             stacklevel=2,
         )
         return model, RANDOM_WEIGHTS
+    model = EfficientViTSeg(variant).eval()
     path = resolve_checkpoint(variant, weights, download=download)
     digest = verify_checkpoint(path)
     state = load_state_dict(path)

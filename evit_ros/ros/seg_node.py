@@ -57,6 +57,7 @@ from evit_ros.io.encodings import encode_labels
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
 from evit_ros.ros.conversions import compressed_to_rgb, image_to_msg, msg_to_rgb
+from evit_ros.runtime.options import BACKEND_OPTIONS, normalise_options
 
 __all__ = ["CLASS_TABLE_FORMAT", "ConfigError", "FrameSlot", "SegNode", "class_table_json", "main", "scale_camera_info"]
 
@@ -151,6 +152,26 @@ def _descriptor(name: str, spec: _Param) -> ParameterDescriptor:
             FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
         ]
     return desc
+
+
+def declare_backend_options(node: Node) -> dict:
+    """Declare every engine-affecting backend option (runtime/options.py) as a read-only parameter of the same
+    name; return their values as BackendConfig.options. ConfigError for a wrong type or value."""
+    values = {}
+    try:
+        for opt in BACKEND_OPTIONS:
+            desc = ParameterDescriptor(
+                name=opt.name,
+                type=_TYPES[opt.type],
+                description=f"{opt.description} [{'/'.join(opt.backends)}]",
+                read_only=True,
+            )
+            if opt.choices:
+                desc.additional_constraints = "one of: " + ", ".join(opt.choices)
+            values[opt.name] = node.declare_parameter(opt.name, opt.default, desc).value
+        return normalise_options(values)
+    except (ParameterException, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def check_choice(name: str, value: object) -> str | None:
@@ -277,6 +298,7 @@ class SegNode(Node):
         p = {name: self.get_parameter(name).value for name in self._specs}
         self._validate_startup(p)
         self.build_only = bool(p["build_only"])
+        backend_options = declare_backend_options(self)
 
         from evit_ros.pipeline.segmenter import Segmenter  # heavy: torch / onnxruntime
 
@@ -291,6 +313,7 @@ class SegNode(Node):
             num_threads=p["num_threads"] or None,
             engine_cache_dir=p["engine_cache_dir"] or None,
             allow_random_weights=weights == "random",
+            backend_options=backend_options,
         )
         self.info = self.segmenter.describe()
         self.get_logger().info("model ready: " + ", ".join(f"{k}={v}" for k, v in self.info.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig
+from evit_ros.runtime.options import normalise_options
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendConfig", "create_backend", "resolve_backend_name"]
 
@@ -45,6 +46,7 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
     resolved = resolve_backend_name(name)
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{config.precision}'; choose one of {', '.join(PRECISIONS)}")
+    config.options = normalise_options(config.options)
     if resolved == "torch":
         from evit_ros.runtime.torch_backend import TorchBackend
 

@@ -12,20 +12,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from evit_ros.deploy.onnx_graph import io_names, metadata
+from evit_ros.deploy.onnx_graph import io_names, metadata, require_logits
 from evit_ros.network.variants import get_variant
 from evit_ros.runtime.base import Backend, BackendConfig
+from evit_ros.runtime.devices import parse_device
 
 log = logging.getLogger(__name__)
 
 
 def _providers(device: str | None) -> list:
     available = ort.get_available_providers()
-    want_cuda = device is None or device.startswith("cuda")
-    if want_cuda and "CUDAExecutionProvider" in available:
-        index = int(device.split(":", 1)[1]) if device and ":" in device else 0
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-    if device is not None and device.startswith("cuda"):
+    kind, index = parse_device(device)
+    if kind in ("", "cuda") and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"device_id": index or 0}), "CPUExecutionProvider"]
+    if kind == "cuda":
         raise ValueError(f"device '{device}' requested but ONNX Runtime has no CUDA provider ({', '.join(available)})")
     return ["CPUExecutionProvider"]
 
@@ -54,8 +54,7 @@ class OnnxRuntimeBackend(Backend):
         self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
         if meta.get("model") not in (None, variant.name):
             log.warning("%s was exported from %s, not %s", self.onnx_path, meta.get("model"), variant.name)
-        if meta.get("output", "logits") != "logits":
-            raise ValueError(f"{self.onnx_path} outputs {meta.get('output')}; the backend needs a logits model")
+        require_logits(self.onnx_path, meta)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if config.num_threads:
@@ -63,7 +62,8 @@ class OnnxRuntimeBackend(Backend):
         providers = _providers(config.device)
         self.session = ort.InferenceSession(str(self.onnx_path), sess_options=opts, providers=providers)
         self.providers = self.session.get_providers()
-        config.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        cuda_index = parse_device(config.device)[1] or 0
+        config.device = f"cuda:{cuda_index}" if "CUDAExecutionProvider" in self.providers else "cpu"
         self.input_name, self.output_name = io_names(self.onnx_path)
         shape = self.session.get_inputs()[0].shape  # [N or 'batch', 3, H, W]
         h, w = int(shape[2]), int(shape[3])

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -21,10 +22,17 @@ from evit_ros.deploy.tensorrt_build import (
     engine_cache_key,
     engine_cache_root,
     engine_path,
+    enum_name,
     import_tensorrt,
     load_frames,
+    parse_version,
+    profile_shape,
+    select_precision_route,
+    torch_dtype_name,
 )
 from evit_ros.runtime.base import Backend, BackendConfig
+from evit_ros.runtime.devices import torch_device
+from evit_ros.runtime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +51,71 @@ class TensorRTBackend(Backend):
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        self.trt = trt = import_tensorrt()
-        import torch
-
         from evit_ros.deploy.onnx_export import ensure_onnx
-        from evit_ros.deploy.onnx_graph import fp32_pin_nodes, metadata
+        from evit_ros.deploy.onnx_graph import fp32_pin_nodes, metadata, require_logits
         from evit_ros.network.variants import get_variant
         from evit_ros.network.weights import sha256_of
 
+        opts = config.options
+        variant = get_variant(config.model)
+        precision = config.precision
+        typing = option(opts, "typing")
+        # Everything that can be checked without TensorRT is checked first, so bad input fails the same way on
+        # every machine: the engine's build settings, then a user ONNX's head.
+        build = EngineBuildConfig(
+            precision=precision,
+            workspace_mib=option(opts, "workspace_mib"),
+            tf32=option(opts, "tf32"),
+            dla_core=option(opts, "dla_core"),
+            gpu_fallback=option(opts, "gpu_fallback"),
+            calibration_dir=option(opts, "calibration_dir"),
+            calibration_images=option(opts, "calibration_images"),
+            builder_optimization_level=option(opts, "builder_optimization_level"),
+            min_label_agreement=option(opts, "min_label_agreement"),
+            gate_images=option(opts, "gate_images"),
+            gate_frames=option(opts, "gate_frames"),
+        )
+        user_onnx = config.weights is not None and str(config.weights).lower().endswith(".onnx")
+        user_precision = None
+        if user_onnx:
+            onnx_path = Path(config.weights).expanduser()
+            if not onnx_path.is_file():
+                raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+            meta = metadata(onnx_path)
+            require_logits(onnx_path, meta)
+            user_precision = meta.get("precision", "fp32")
+            reference_onnx = onnx_path if user_precision == "fp32" else None
+            if option(opts, "reference_onnx"):
+                reference_onnx = Path(option(opts, "reference_onnx")).expanduser()
+                require_logits(reference_onnx)
+
+        self.trt = trt = import_tensorrt()
+        import torch
+
         if not torch.cuda.is_available():
             raise TensorRTUnavailable("TensorRT needs a CUDA device, and torch sees none")
-        device = torch.device(config.device or "cuda")
+        device = torch_device(config.device, "cuda")
         if device.type != "cuda":
             raise ValueError(f"TensorRT runs on CUDA devices, not {device}")
         torch.cuda.set_device(device)
         config.device = str(device)
         self.device = device
-        opts = config.options
-        variant = get_variant(config.model)
-        strongly_typed = bool(opts.get("strongly_typed", False))
-        user_onnx = config.weights is not None and str(config.weights).lower().endswith(".onnx")
+
+        route = select_precision_route(trt.__version__, precision, typing)
+        for note in route.warnings:
+            log.warning("TensorRT %s: %s", precision, note)
+        strongly_typed = route.strongly_typed
         if user_onnx:
-            onnx_path = Path(config.weights).expanduser()
-            reference_onnx = Path(opts["reference_onnx"]) if opts.get("reference_onnx") else None
-            if metadata(onnx_path).get("precision", "fp32") == "fp32":
-                reference_onnx = reference_onnx or onnx_path
+            if strongly_typed and user_precision != "fp16-strong":
+                if typing == "strong" or parse_version(trt.__version__)[0] >= 11:
+                    raise ValueError(
+                        f"{onnx_path} is a {user_precision} ONNX; a strongly typed fp16 engine needs the fp16-strong "
+                        "export (evit-ros export --precision fp16-strong)"
+                    )
+                log.warning("%s is not an fp16-strong export: building it weakly typed (FP32 pins)", onnx_path)
+                strongly_typed = False
+            elif not strongly_typed and user_precision == "fp16-strong":
+                raise ValueError(f"{onnx_path} is an fp16-strong ONNX: build it with typing strong (TensorRT >= 10)")
         else:
             reference_onnx = ensure_onnx(
                 variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
@@ -83,21 +131,8 @@ class TensorRTBackend(Backend):
                     config.batch_size,
                 )
         self.checkpoint_sha256 = metadata(onnx_path).get("checkpoint_sha256", "")
-        precision = config.precision
-        build = EngineBuildConfig(
-            precision=precision,
-            strongly_typed=strongly_typed,
-            fp32_pins=tuple(fp32_pin_nodes(onnx_path)) if precision != "fp32" and not strongly_typed else (),
-            workspace_mib=int(opts.get("workspace_mib", 2048)),
-            tf32=bool(opts.get("tf32", False)),
-            dla_core=opts.get("dla_core"),
-            gpu_fallback=bool(opts.get("gpu_fallback", True)),
-            calibration_dir=opts.get("calibration_dir"),
-            calibration_images=int(opts.get("calibration_images", 64)),
-            min_label_agreement=float(opts.get("min_label_agreement", 0.99)),
-            gate_images=opts.get("gate_images"),
-            gate_frames=int(opts.get("gate_frames", 4)),
-        )
+        pins = tuple(fp32_pin_nodes(onnx_path)) if precision != "fp32" and not strongly_typed else ()
+        build = dataclasses.replace(build, strongly_typed=strongly_typed, fp32_pins=pins)
         self.build_config = build
         gpu = torch.cuda.get_device_name(device)
         cc = torch.cuda.get_device_capability(device)
@@ -116,6 +151,12 @@ class TensorRTBackend(Backend):
         }
         self.engine_info = _EngineInfo(path, key, fields)
         self.runtime = trt.Runtime(_TrtLogger.create(trt))
+        if build.dla_core is not None:
+            # A DLA engine deserializes onto the runtime's DLA core, which must be chosen first.
+            if build.dla_core >= self.runtime.num_DLA_cores:
+                cores = self.runtime.num_DLA_cores
+                raise ValueError(f"DLA core {build.dla_core} requested, but this device has {cores} DLA cores")
+            self.runtime.DLA_core = int(build.dla_core)
         self.engine = self._load_cached(path, key)
         if self.engine is None:
             gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu)
@@ -162,22 +203,30 @@ class TensorRTBackend(Backend):
         self.stream = torch.cuda.Stream(device=self.device)
         self.buffers: dict[str, torch.Tensor] = {}
         self.input_name = self.output_name = None
-        to_torch = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in names:
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.input_name = name
-                self.context.set_input_shape(name, self.input_shape)
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
+                # A dynamic input takes the configured shape (within the engine's optimization profile).
+                profile_shape(name, tuple(self.engine.get_tensor_shape(name)), self.input_shape)
+                if not self.context.set_input_shape(name, self.input_shape):
+                    raise ValueError(f"the engine does not accept input shape {self.input_shape} for {name}")
+        for name in names:
+            # Sizes come from the context, where set_input_shape has resolved every -1 of a dynamic engine.
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = to_torch[self.engine.get_tensor_dtype(name)]
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"TensorRT left tensor {name} with unresolved shape {shape}")
+            dtype = getattr(torch, torch_dtype_name(enum_name(self.engine.get_tensor_dtype(name)), name))
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
             self.context.set_tensor_address(name, self.buffers[name].data_ptr())
             if name != self.input_name:
                 self.output_name = name
-        if tuple(self.buffers[self.input_name].shape) != tuple(self.input_shape):
-            raise ValueError(f"engine input {tuple(self.buffers[self.input_name].shape)} != {self.input_shape}")
+        if self.buffers[self.input_name].dtype != torch.float32:
+            raise ValueError(f"engine input {self.input_name} is {self.buffers[self.input_name].dtype}, not float32")
+        if not self.buffers[self.output_name].dtype.is_floating_point:
+            raise ValueError(
+                f"engine output {self.output_name} is {self.buffers[self.output_name].dtype}: a logits engine is needed"
+            )
 
     def _gate(self, reference_onnx: Path | None, build: EngineBuildConfig) -> None:
         if reference_onnx is None:
@@ -198,6 +247,12 @@ class TensorRTBackend(Backend):
             self.infer, lambda x: sess.run(None, {in_name: x})[0], batches, build.min_label_agreement
         )
         log.info("TensorRT %s accuracy gate vs FP32 ONNX Runtime: %s", build.precision, result.describe())
+        if result.nonfinite and self.trt.__version__.startswith("10.0."):
+            log.warning(
+                "NaN/Inf from a TensorRT %s engine: 10.0.x can ignore per-layer precision (NVIDIA/TensorRT#3941); "
+                "use a newer TensorRT or typing strong",
+                self.trt.__version__,
+            )
         if not result.passed:
             raise RuntimeError(
                 f"TensorRT {build.precision} engine failed the accuracy gate ({result.describe()}; minimum agreement "

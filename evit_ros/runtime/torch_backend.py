@@ -8,6 +8,8 @@ import torch
 from evit_ros.network.variants import get_variant
 from evit_ros.network.weights import load_model
 from evit_ros.runtime.base import Backend, BackendConfig
+from evit_ros.runtime.devices import torch_device
+from evit_ros.runtime.options import option
 
 
 def cuda_available() -> bool:
@@ -22,8 +24,7 @@ class TorchBackend(Backend):
         variant = get_variant(config.model)
         if model is None:
             model, self.checkpoint_sha256 = load_model(variant, config.weights)
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(device)
+        self.device = torch_device(config.device, "cuda" if torch.cuda.is_available() else "cpu")
         config.device = str(self.device)
         if config.precision not in ("fp32", "fp16"):
             raise ValueError(f"torch backend supports fp32 and fp16, not {config.precision}")
@@ -33,26 +34,28 @@ class TorchBackend(Backend):
             torch.set_num_threads(config.num_threads)
         self.dtype = torch.float16 if config.precision == "fp16" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
-        if config.options.get("compile"):
+        if option(config.options, "compile"):
             # Opt-in: inductor needs a C++ compiler (CPU) or Triton (CUDA) and adds a warm-up compile.
             self.model = torch.compile(self.model, dynamic=False)
         self._graph = None
-        if self.device.type == "cuda" and config.options.get("cuda_graphs", True):
+        if self.device.type == "cuda" and option(config.options, "cuda_graphs"):
             self._capture_graph()
 
     def _capture_graph(self) -> None:
         # Fixed input shape: a captured CUDA graph removes per-layer launch overhead, which
         # dominates the small B models at batch 1.
         self._static_in = torch.zeros(self.input_shape, device=self.device, dtype=self.dtype)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(3):
-                self.model(self._static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph), torch.inference_mode():
-            self._static_out = self.model(self._static_in)
+        # Streams and the capture belong to the configured device, not whichever one is current.
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.Stream(device=self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(3):
+                    self.model(self._static_in)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph), torch.inference_mode():
+                self._static_out = self.model(self._static_in)
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -60,7 +63,8 @@ class TorchBackend(Backend):
         x = torch.from_numpy(batch)
         if self._graph is not None:
             self._static_in.copy_(x.to(self.device, non_blocking=True))
-            self._graph.replay()
+            with torch.cuda.device(self.device):
+                self._graph.replay()
             out = self._static_out
         else:
             out = self.model(x.to(self.device, self.dtype))
