@@ -34,9 +34,8 @@ def add_model_arguments(
     g.add_argument("--engine-cache-dir", default=None, help="where ONNX files and TensorRT engines are cached")
 
 
-def segmenter_from_args(args: argparse.Namespace, **overrides):
-    from evit_ros.pipeline.segmenter import Segmenter
-
+def segmenter_kwargs(args: argparse.Namespace, **overrides) -> dict:
+    """The Segmenter arguments the model options ask for (picklable, so a remote worker can build it too)."""
     kwargs = dict(
         model=args.model,
         weights=args.weights,
@@ -49,4 +48,10 @@ def segmenter_from_args(args: argparse.Namespace, **overrides):
         allow_random_weights=args.weights == "random",
     )
     kwargs.update(overrides)
-    return Segmenter(**kwargs)
+    return kwargs
+
+
+def segmenter_from_args(args: argparse.Namespace, **overrides):
+    from evit_ros.pipeline.segmenter import Segmenter
+
+    return Segmenter(**segmenter_kwargs(args, **overrides))
