@@ -31,7 +31,8 @@ __all__ = ["LOCAL_ENV", "RayRun", "ScorerPool", "import_ray", "ray_session", "sc
 
 # A cluster started here stays on this machine: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray takes 127.0.0.1 as
 # the node address (every server listens there), and usage statistics are never sent out.
-LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+_LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOCAL_ENV = {_LOOPBACK_VAR: "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def import_ray() -> Any:
@@ -50,12 +51,21 @@ def ray_session(address: str = "local", num_cpus: int | None = None, num_gpus: i
     ``num_gpus`` as its resources; ``ray.shutdown()`` at the end stops it. For a cluster joined by address,
     the shutdown only disconnects this driver.
     """
+    if address == "local":
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
     ray = import_ray()
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
     if address == "local":
-        for key, value in LOCAL_ENV.items():
-            os.environ.setdefault(key, value)
+        # Ray reads the variable once, when it is imported: a module imported before it was set would start
+        # a cluster listening on every interface.
+        constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+        if os.environ[_LOOPBACK_VAR] == "0" and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+            raise RuntimeError(
+                f"ray was imported before {_LOOPBACK_VAR}=0 was set, so a local cluster would not stay on "
+                "127.0.0.1: set it in the environment before starting Python"
+            )
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=True)  # fmt: skip
     else:
@@ -110,7 +120,10 @@ class ScorerPool:
             max_restarts=max_restarts,
             max_task_retries=max_task_retries,
         )
-        self.actors = [actor.remote(options, class_map, segmenter_kwargs) for _ in range(num_workers)]
+        # Small constructor arguments travel inline with the actor, so a restarted actor never depends on an
+        # object-store copy that may be gone.
+        small = class_map.compact()
+        self.actors = [actor.remote(options, small, segmenter_kwargs) for _ in range(num_workers)]
 
     def pids(self) -> list[int]:
         """The worker processes' ids (waits until every model is loaded)."""

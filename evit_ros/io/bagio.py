@@ -187,7 +187,8 @@ def _iter_mcap_stream(file: Path, health: BagHealth) -> Iterator[tuple[_StreamCo
                 raise BagReadError(f"{file} is not an mcap file ({exc})") from exc
             except Exception as exc:  # the reader's own errors and struct errors on a partial record
                 if count == 0 and not isinstance(exc, EndOfFile):
-                    raise BagReadError(f"{file}: cannot read the mcap stream: {exc or type(exc).__name__}") from exc
+                    size = file.stat().st_size
+                    raise BagReadError(f"{file}: no readable mcap record in its {size} bytes ({exc})") from exc
                 health.truncated = True
                 health.note(f"{file.name} ends mid-record (cut off while recording): {count} messages before the cut")
                 return
