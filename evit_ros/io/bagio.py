@@ -236,9 +236,17 @@ class _Part:
     def messages(self, wanted: set[str]) -> Iterator[tuple[Any, int, bytes]]:
         if self.reader is not None:
             selected = [conn for conn in self.reader.connections if conn.topic in wanted]
-            if selected:
-                yield from self.reader.messages(connections=selected)
-            return
+            if not selected:
+                return
+            messages = self.reader.messages(connections=selected)
+            while True:
+                try:
+                    item = next(messages)
+                except StopIteration:
+                    return
+                except Exception as exc:  # damage past the index (sqlite/mcap errors): name the file
+                    raise BagReadError(f"cannot read {self.part}: {exc}") from exc
+                yield item
         for file in self.stream_files:
             for conn, recv_ns, raw in _iter_mcap_stream(file, self.health):
                 if conn.topic in wanted:
