@@ -134,3 +134,40 @@ def test_killed_worker_is_retried_exactly(frames, b0_checkpoint: Path, tmp_path:
     got = merge_results(plans, failures, results, cmap)
     np.testing.assert_array_equal(got.scores.confusion, expected.scores.confusion)  # nothing lost or doubled
     assert got.frames == expected.frames == 12 and got.scores.miou == expected.scores.miou
+
+
+@pytest.mark.parametrize("use_ray", [False, True], ids=["in_process", "ray"])
+def test_ctrl_c_stops_cleanly(frames, b0_checkpoint: Path, tmp_path: Path, use_ray: bool) -> None:
+    """SIGINT to the whole process group (what Ctrl-C does) mid-scoring: one line, exit 130, nothing left running."""
+    import sys
+    import time
+
+    fleet = write_fleet(tmp_path / "drives", frames, bags=4)
+    args = [a if a != RESOLUTION else "1024x1280" for a in _model_args(b0_checkpoint)]  # slow enough to interrupt
+    args = [a for a in args if a != "--no-progress"] + (
+        ["--ray", "--num-workers", "2", "--chunk-frames", "1"] * use_ray
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "evit_ros.cli.main", "eval", str(fleet[0].parent), *args,
+                             "--report", str(tmp_path / "report")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        seen = b""
+        deadline = time.monotonic() + 120
+        while b"| 1/12 " not in seen and time.monotonic() < deadline:  # the progress bar: a frame is done
+            seen += os.read(proc.stderr.fileno(), 4096) or b""
+            assert proc.poll() is None, seen.decode(errors="replace")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = (seen + err).decode(errors="replace")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "evit-ros eval: interrupted; nothing was written", repr(err[-600:])
+    assert "Traceback" not in err and not (tmp_path / "report").exists()
+    time.sleep(1)
+    left = subprocess.run(["ps", "-eo", "pgid=,comm="], capture_output=True, text=True).stdout.splitlines()
+    assert [line for line in left if line.split()[0] == str(proc.pid)] == []  # no raylet or worker survives

@@ -189,11 +189,11 @@ def _run(args: argparse.Namespace) -> int:
     if not sources:
         raise ValueError(f"no sources found in {', '.join(map(str, args.source))}")
     plans, failures = plan_sources(sources, options)
-    for failure in failures:
-        print(f"evit-ros eval: skipping {failure.source}: {failure.reason}", file=sys.stderr)
     if not plans:
         reasons = "; ".join(f"{f.source}: {f.reason}" for f in failures)
-        raise ValueError(reasons if len(failures) == 1 else f"nothing could be scored: {reasons}")
+        raise ValueError(failures[0].reason if len(failures) == 1 else f"nothing could be scored: {reasons}")
+    for failure in failures:
+        print(f"evit-ros eval: skipping {failure.source}: {failure.reason}", file=sys.stderr)
     class_map = _class_map(args, plans)
     meta = _meta(args, plans, sources)
     needs_model = any(p.mode == "model" for p in plans)
@@ -209,11 +209,13 @@ def _run(args: argparse.Namespace) -> int:
 
             segmenter = segmenter_from_args(args)
             meta.update(segmenter.describe())
-        progress = Progress(units, not args.no_progress)
+        progress = None
         try:
+            progress = Progress(units, not args.no_progress)
             results = score_units(units, options, class_map, segmenter, progress)
         finally:
-            progress.close()
+            if progress is not None:
+                progress.close()
             if segmenter is not None:
                 segmenter.close()
     result = merge_results(plans, failures, results, class_map, options.samples)

@@ -49,7 +49,8 @@ def ray_session(address: str = "local", num_cpus: int | None = None, num_gpus: i
 
     A local cluster gets :data:`LOCAL_ENV` (where the variables are unset), no dashboard, and ``num_cpus`` /
     ``num_gpus`` as its resources; ``ray.shutdown()`` at the end stops it. For a cluster joined by address,
-    the shutdown only disconnects this driver.
+    the shutdown only disconnects this driver. Worker logs stay in Ray's session log folder (not echoed here):
+    errors come back as results.
     """
     if address == "local":
         for key, value in LOCAL_ENV.items():
@@ -67,9 +68,9 @@ def ray_session(address: str = "local", num_cpus: int | None = None, num_gpus: i
                 "127.0.0.1: set it in the environment before starting Python"
             )
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 logging_level="WARNING", log_to_driver=True)  # fmt: skip
+                 logging_level="WARNING", log_to_driver=False)  # fmt: skip
     else:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     try:
         yield ray
     finally:
@@ -242,16 +243,18 @@ def score_units_on_ray(
             chunk_frames = auto_chunk_frames(plans, workers)
         units = split_units(plans, chunk_frames or None)
         workers = max(1, min(workers, len(units)))
-        progress = Progress(units, show_progress)
         pool = ScorerPool(workers, options, class_map, segmenter_kwargs, num_cpus_per_worker, num_gpus_per_worker,
                           max_restarts, max_task_retries)  # fmt: skip
-        pool.pids()
-        model = pool.describe()
-        t_ready = time.perf_counter()
+        progress = None
         try:
+            pool.pids()
+            model = pool.describe()
+            t_ready = time.perf_counter()
+            progress = Progress(units, show_progress)
             results = pool.run(units, progress)
+            t_done = time.perf_counter()
         finally:
-            progress.close()
-        t_done = time.perf_counter()
-        pool.close()
+            if progress is not None:
+                progress.close()
+            pool.close()
     return RayRun(results, units, workers, t_started - t0, t_ready - t_started, t_done - t_ready, model)

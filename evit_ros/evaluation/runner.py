@@ -116,7 +116,11 @@ class Progress:
         self.sources = len(self._left)
         self.done = 0
         self.bar = tqdm(total=total, desc="eval", unit="frame", disable=not enabled, dynamic_ncols=True)
-        self.bar.set_postfix_str(f"bags 0/{self.sources}")
+        try:
+            self.bar.set_postfix_str(f"bags 0/{self.sources}")
+        except BaseException:  # Ctrl-C right now: the caller never gets the bar to close
+            self.bar.close()
+            raise
 
     def frames(self, n: int = 1) -> None:
         self.bar.update(n)
