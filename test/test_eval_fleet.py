@@ -176,3 +176,13 @@ def test_merge_latency() -> None:
     assert merged.output_rate_hz == pytest.approx((1 + 2) / (0.1 + 0.5))  # intervals over spans
     assert merged.input_rate_hz == pytest.approx(20.0)  # the recording without a rate adds nothing
     assert merge_latency([a]) is a and merge_latency([]) is None
+
+
+def test_ray_missing_is_one_clear_line(fleet: list[Path], monkeypatch, capsys) -> None:
+    """Without the ray package, --ray fails with the install hint (no cluster, no traceback)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like to `import ray`
+    assert evit_main(["eval", str(fleet[0]), *RECORDED, "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'evit_ros[ray]'" in err and "Traceback" not in err

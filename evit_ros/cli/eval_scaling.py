@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evit_ros.cli.eval_scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--camvid", type=Path, required=True, help="CamVid folder (val/ + valannot/)")
     parser.add_argument("--bags", type=int, default=8, help="recordings to write (default 8)")
-    parser.add_argument("--frames-per-bag", type=int, default=6, help="frames per recording (default 6)")
+    parser.add_argument("--frames-per-bag", type=int, default=12, help="frames per recording (default 12)")
     parser.add_argument("--frame-size", default=None, help="shrink the frames to HxW (default: as stored)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--class-map", default=None, help="class map (default: the package's CamVid map)")
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_model_arguments(parser, default_backend="torch")
     args = parser.parse_args(argv)
     if args.resolution is None:
-        args.resolution = "256x320"
+        args.resolution = "384x480"
     try:
         return _run(args)
     except (ValueError, OSError, ImportError, RuntimeError) as exc:
