@@ -182,6 +182,8 @@ def test_ray_missing_is_one_clear_line(fleet: list[Path], monkeypatch, capsys) -
     """Without the ray package, --ray fails with the install hint (no cluster, no traceback)."""
     import sys
 
+    assert evit_main(["eval", str(fleet[0]), *RECORDED, "--num-workers", "2"]) == 2
+    assert "--num-workers only apply with --ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like to `import ray`
     assert evit_main(["eval", str(fleet[0]), *RECORDED, "--ray"]) == 2
     err = capsys.readouterr().err

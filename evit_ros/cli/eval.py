@@ -185,6 +185,11 @@ def _run(args: argparse.Namespace) -> int:
     from evit_ros.evaluation.runner import Progress, merge_results, score_units
 
     options = _options(args)
+    if args.ray is None:
+        given = [name for name, value in (("--num-workers", args.num_workers), ("--chunk-frames", args.chunk_frames),
+                 ("--num-gpus-per-worker", args.num_gpus_per_worker or None)) if value is not None]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --ray")
     sources = expand_sources(args.source)
     if not sources:
         raise ValueError(f"no sources found in {', '.join(map(str, args.source))}")

@@ -82,12 +82,6 @@ class WorkUnit:
     frames_hint: int | None = None
     latency: bool = False  # measure the bag's end-to-end latency (first chunk only)
 
-    @property
-    def name(self) -> str:
-        if self.chunks == 1:
-            return self.source
-        return f"{self.source} [{self.start}:{'' if self.stop is None else self.stop}]"
-
     def open(self, options: EvalOptions) -> Any:
         """The sample source for this unit (raises ``ValueError``/``OSError`` when it cannot be read)."""
         topics = dict(self.topics)
