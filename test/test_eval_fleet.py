@@ -18,7 +18,7 @@ from evit_ros.evaluation.classmap import ClassMap
 from evit_ros.evaluation.latency import LatencyStats, merge_latency
 from evit_ros.evaluation.plan import EvalOptions, expand_sources, plan_sources, split_units
 from evit_ros.evaluation.runner import merge_results, score_units
-from evit_ros.io.bagio import BagHealth, BagReadError, iter_bag_frames
+from evit_ros.io.bagio import BagHealth, BagReadError, ImageBagWriter, iter_bag_frames
 
 RECORDED = ["--mode", "recorded", "--images-topic", "camera/image", "--gt-topic", GT, "--labels-topic", LABELS,
             "--class-map", str(CAMVID_MAP), "--no-progress"]  # fmt: skip
@@ -165,6 +165,59 @@ def test_nothing_readable_is_an_error(tmp_path: Path, capsys) -> None:
     assert evit_main(["eval", str(bad), str(tmp_path / "gone.db3"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "bad.mcap" in err and "not found" in err and "Traceback" not in err
+
+
+def _frames_by_cut(path: Path, data: bytes, cuts: list[int]) -> list[list[tuple[int, bytes]]]:
+    out = []
+    for cut in cuts:
+        path.write_bytes(data[:cut])
+        health = BagHealth()
+        out.append([(f.stamp_ns, f.image.tobytes()) for f in iter_bag_frames(path, None, health)])
+        assert health.truncated, cut
+    return out
+
+
+@pytest.mark.parametrize("writer", ["rosbags", "mcap_zstd"])
+def test_cut_mcap_reads_every_complete_message_before_the_cut(tmp_path: Path, writer: str) -> None:
+    """Cut anywhere (5 kB included), a file yields exactly a prefix of its messages, growing with the cut;
+    messages of a chunk the cut went through are kept (uncompressed and zstd chunks)."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (16, 24), dtype=np.uint8) for _ in range(40)]  # ~400 B messages
+    whole = tmp_path / "whole.mcap"
+    if writer == "rosbags":
+        with ImageBagWriter(tmp_path / "whole", storage="mcap") as bag:  # one 1 MiB chunk: every cut is inside it
+            for i, img in enumerate(images):
+                bag.write("/gt", img, "mono8", stamp_ns=10**9 + i)
+        whole = tmp_path / "whole" / "whole.mcap"
+    else:  # the mcap package's writer (zstd chunks of 4 kB), with rosbags CDR payloads: like a ROS 2 recorder
+        from mcap.writer import CompressionType, Writer
+        from rosbags.typesys import Stores, get_typestore
+
+        store = get_typestore(Stores.ROS2_HUMBLE)
+        types = store.types
+        with open(whole, "wb") as f:
+            w = Writer(f, chunk_size=4096, compression=CompressionType.ZSTD)
+            w.start("ros2", "test")
+            schema = w.register_schema("sensor_msgs/msg/Image", "ros2msg", b"")
+            channel = w.register_channel("/gt", "cdr", schema)
+            for i, img in enumerate(images):
+                stamp = types["builtin_interfaces/msg/Time"](sec=1, nanosec=i)
+                header = types["std_msgs/msg/Header"](stamp=stamp, frame_id="gt")
+                msg = types["sensor_msgs/msg/Image"](header=header, height=16, width=24, encoding="mono8",
+                                                     is_bigendian=0, step=24, data=img.reshape(-1))  # fmt: skip
+                raw = store.serialize_cdr(msg, "sensor_msgs/msg/Image")
+                w.add_message(channel, log_time=10**9 + i, data=raw, publish_time=10**9 + i)
+            w.finish()
+    data = whole.read_bytes()
+    expected = [(10**9 + i, img.tobytes()) for i, img in enumerate(images)]
+    assert [(f.stamp_ns, f.image.tobytes()) for f in iter_bag_frames(whole)] == expected
+    cut = tmp_path / "cut.mcap"
+    cuts = [5000, *range(6000, len(data) - 200, 1500)]
+    got = _frames_by_cut(cut, data, cuts)
+    for frames in got:
+        assert frames == expected[: len(frames)]  # a prefix, every payload intact
+    counts = [len(f) for f in got]
+    assert counts == sorted(counts) and counts[0] > 0 and counts[-1] >= len(images) - 6
 
 
 def test_merge_latency() -> None:

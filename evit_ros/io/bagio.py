@@ -17,8 +17,8 @@ Damaged recordings (a robot that lost power mid-recording) are read as far as th
 is recorded in a :class:`BagHealth` the caller passes in:
 
 * an ``.mcap`` file cut off mid-write has no summary or footer, so the indexed reader refuses it; it is then
-  read front to back with the ``mcap`` package's non-seeking reader, in stream (write) order, up to the
-  last complete record before the cut, and flagged ``truncated``;
+  read front to back in stream (write) order, without the summary, up to the last complete record before
+  the cut (including the complete messages of the chunk the cut went through), and flagged ``truncated``;
 * a bag directory without ``metadata.yaml`` (the recorder was killed before writing it) is read from its
   storage files, ``<dir name>_<N>.mcap`` / ``.db3`` in split order, and flagged ``missing_metadata``;
 * anything else that cannot be read raises :class:`BagReadError` (a ``ValueError``) naming the file and why.
@@ -27,8 +27,10 @@ is recorded in a :class:`BagHealth` the caller passes in:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -167,36 +169,110 @@ class _StreamConnection:
         self.topic, self.msgtype, self.msgcount = topic, msgtype, 0
 
 
-def _iter_mcap_stream(file: Path, health: BagHealth) -> Iterator[tuple[_StreamConnection, int, bytes]]:
-    """Every message of an mcap file in stream order, stopping cleanly at a cut (the file was not closed)."""
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x02, 0x03, 0x04, 0x05, 0x06
+_CHUNK_HEAD = struct.Struct("<QQQII")  # start time, end time, uncompressed size, crc, compression name length
+
+
+def _mcap_records(read: Callable[[int], bytes], left: Callable[[], int]) -> Iterator[tuple[int, bytes, bool]]:
+    """``(opcode, body, complete)`` per record; a record cut short comes last with ``complete=False``."""
+    while left() > 0:
+        head = read(9)
+        if len(head) < 9:
+            yield (head[0] if head else 0), b"", False
+            return
+        opcode, length = head[0], int.from_bytes(head[1:], "little")
+        body = read(min(length, left()))  # a corrupt length must not allocate gigabytes
+        yield opcode, body, len(body) == length
+        if len(body) < length or opcode == _OP_FOOTER:
+            return
+
+
+def _decompress(compression: str, data: bytes) -> bytes:
+    """A chunk's records, or as much of them as a cut-off ``data`` holds."""
+    if compression == "":
+        return data
     try:
-        from mcap.exceptions import EndOfFile, InvalidMagic
-        from mcap.reader import NonSeekingReader
+        if compression == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        if compression == "lz4":
+            import lz4.frame
+
+            return lz4.frame.LZ4FrameDecompressor().decompress(data)
+    except ImportError as exc:
+        raise BagReadError(f"{compression}-compressed mcap chunks need: pip install {exc.name}") from exc
+    raise BagReadError(f"unknown mcap chunk compression {compression!r}")
+
+
+def _chunk_records(body: bytes, complete: bool) -> Iterator[tuple[int, bytes, bool]]:
+    """The records inside a chunk record (complete, or cut off: then up to its last whole record)."""
+    if len(body) < _CHUNK_HEAD.size:
+        return
+    *_, name_len = _CHUNK_HEAD.unpack_from(body)
+    offset = _CHUNK_HEAD.size + name_len + 8  # the compression name, then the records' byte length
+    if len(body) < offset:
+        return
+    compression = body[_CHUNK_HEAD.size : _CHUNK_HEAD.size + name_len].decode("utf-8", "replace")
+    raw = BytesIO(_decompress(compression, body[offset:]))
+    size = len(raw.getbuffer())
+    yield from _mcap_records(raw.read, lambda: size - raw.tell())
+
+
+def _iter_mcap_stream(file: Path, health: BagHealth) -> Iterator[tuple[_StreamConnection, int, bytes]]:
+    """Every message of an mcap file in stream (write) order, up to a cut if the file was never closed.
+
+    Records are framed here (so a record cut short is recognised by its length, never half-parsed) and decoded
+    with the ``mcap`` package's record classes; the messages of a chunk the cut went through are kept up to its
+    last complete record.
+    """
+    try:
+        from mcap.data_stream import ReadDataStream
+        from mcap.records import Channel, Message, Schema
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise BagReadError(f"{file} has no mcap summary (cut off?); reading it needs: pip install mcap") from exc
+
+    def parse(kind: Any, body: bytes, *extra: int) -> Any:
+        return kind.read(ReadDataStream(BytesIO(body)), *extra)
+
+    schemas: dict[int, str] = {}
     connections: dict[int, _StreamConnection] = {}
+    count = 0
+    size = file.stat().st_size
     with open(file, "rb") as stream:
-        messages = NonSeekingReader(stream).iter_messages(log_time_order=False)
-        count = 0
-        while True:
-            try:
-                schema, channel, message = next(messages)
-            except StopIteration:
-                return
-            except InvalidMagic as exc:
-                raise BagReadError(f"{file} is not an mcap file ({exc})") from exc
-            except Exception as exc:  # the reader's own errors and struct errors on a partial record
-                if count == 0 and not isinstance(exc, EndOfFile):
-                    size = file.stat().st_size
-                    raise BagReadError(f"{file}: no readable mcap record in its {size} bytes ({exc})") from exc
-                health.truncated = True
-                health.note(f"{file.name} ends mid-record (cut off while recording): {count} messages before the cut")
-                return
-            if channel.id not in connections:
-                msgtype = schema.name if schema is not None else ""
-                connections[channel.id] = _StreamConnection(channel.topic, msgtype)
-            count += 1
-            yield connections[channel.id], int(message.log_time), message.data
+        if stream.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+            raise BagReadError(f"{file} is not an mcap file (no mcap magic in its first bytes; {size} bytes)")
+        ended = False
+        try:
+            for opcode, body, complete in _mcap_records(stream.read, lambda: size - stream.tell()):
+                ended = opcode == _OP_FOOTER
+                inner = [(opcode, body, complete)]
+                if opcode == _OP_CHUNK:
+                    inner = _chunk_records(body, complete)
+                for op, record, whole in inner:
+                    if not whole:
+                        break
+                    if op == _OP_SCHEMA:
+                        schema = parse(Schema, record)
+                        schemas[schema.id] = schema.name
+                    elif op == _OP_CHANNEL:
+                        channel = parse(Channel, record)
+                        connections[channel.id] = _StreamConnection(channel.topic, schemas.get(channel.schema_id, ""))
+                    elif op == _OP_MESSAGE:
+                        message = parse(Message, record, len(record))
+                        if message.channel_id in connections:
+                            count += 1
+                            yield connections[message.channel_id], int(message.log_time), message.data
+        except BagReadError:
+            raise
+        except Exception as exc:  # a damaged record in the middle: keep what came before, like a cut
+            if count == 0:
+                raise BagReadError(f"{file}: cannot read its mcap records: {exc or type(exc).__name__}") from exc
+            health.note(f"{file.name}: damaged record after {count} messages ({exc or type(exc).__name__})")
+        if not ended:
+            health.truncated = True
+            health.note(f"{file.name} ends without its mcap footer (cut off while recording): {count} messages read")
 
 
 class _Part:
