@@ -185,7 +185,6 @@ class FolderSource:
         self.root = Path(root)
         self.layout = detect_layout(self.root) if layout == "auto" else layout
         pairs, self.gt_kind = find_pairs(self.root, self.layout, split)
-        self.total = min(len(pairs), max_frames) if max_frames else len(pairs)
         first, last = _frame_window(start, stop, max_frames)
         self.pairs = pairs[first:last]
         self.predictions = Path(predictions) if predictions is not None else None

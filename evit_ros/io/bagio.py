@@ -166,7 +166,7 @@ class _StreamConnection:
     """The fields of a rosbags connection the readers below use, for a channel met in an mcap stream."""
 
     def __init__(self, topic: str, msgtype: str) -> None:
-        self.topic, self.msgtype, self.msgcount = topic, msgtype, 0
+        self.topic, self.msgtype = topic, msgtype
 
 
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
