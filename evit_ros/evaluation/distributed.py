@@ -52,7 +52,8 @@ def ray_session(address: str = "local", num_cpus: int | None = None, num_gpus: i
     the shutdown only disconnects this driver. Worker logs stay in Ray's session log folder (not echoed here):
     errors come back as results.
     """
-    if address == "local":
+    on_this_machine = address == "local" or address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+    if on_this_machine:  # a loopback address must stay one: Ray would otherwise swap in the node's own IP
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
     ray = import_ray()
@@ -70,7 +71,11 @@ def ray_session(address: str = "local", num_cpus: int | None = None, num_gpus: i
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=False)  # fmt: skip
     else:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster there, or a malformed address
+            hint = " (start one with `ray start --head`, or use --ray local)" if address == "auto" else ""
+            raise RuntimeError(f"cannot join the Ray cluster {address!r}{hint}: {_first_line(exc)}") from exc
     try:
         yield ray
     finally:
