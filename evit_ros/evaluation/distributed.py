@@ -144,7 +144,10 @@ class ScorerPool:
         progress: Progress | None = None,
         on_submit: Callable[[int, WorkUnit], None] | None = None,
     ) -> list[UnitResult]:
-        """Score every unit, one at a time per actor, largest first; results in completion order."""
+        """Score every unit, one at a time per actor, largest first; results in completion order.
+
+        ``on_submit(worker_index, unit)`` is called after each hand-out (monitoring; fault-injection tests).
+        """
         from ray.exceptions import RayActorError, RayError
 
         ray = self.ray
