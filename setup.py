@@ -21,7 +21,8 @@ setup(
     extras_require={
         "torch": ["torch>=2.1"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
-        "eval": ["rosbags>=0.10", "matplotlib"],
+        "eval": ["rosbags>=0.10", "matplotlib", "mcap>=1.1"],
+        "ray": ["ray>=2.9", "rosbags>=0.10", "matplotlib", "mcap>=1.1"],
         "hub": ["huggingface_hub"],
     },
     zip_safe=True,

@@ -145,5 +145,6 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         evit_main(["eval", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--gt-topic", "--labels-topic", "--class-map", "--gt-map", "--report", "--predictions", "--mode"):
+    for option in ("--gt-topic", "--labels-topic", "--class-map", "--gt-map", "--report", "--predictions", "--mode",
+                   "--ray", "--num-workers", "--num-gpus-per-worker", "--chunk-frames"):  # fmt: skip
         assert option in out

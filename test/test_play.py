@@ -291,3 +291,36 @@ def test_play_bad_source_or_topic_fails_clearly(tmp_path: Path, folder: Path) ->
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "Invalid topic name" in err and "Traceback" not in err
+
+
+def test_play_truncated_bag_plays_to_the_cut(ros, tmp_path: Path, frames_rgb: list[np.ndarray]) -> None:
+    """A recording cut off mid-write (no mcap summary) plays the frames before the cut, and says so."""
+    bagio = pytest.importorskip("evit_ros.io.bagio")
+    pytest.importorskip("rosbags")
+    pytest.importorskip("mcap")
+    bag = tmp_path / "cut"
+    with bagio.ImageBagWriter(bag, storage="mcap") as writer:
+        for i, rgb in enumerate(frames_rgb):  # full-size CamVid frames: one 1 MiB mcap chunk per two frames
+            writer.write("/camera/image_raw", rgb, "rgb8", stamp_ns=1_000_000_000 + i * 50_000_000)
+    storage = bag / "cut.mcap"
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size * 3 // 5])
+    before_cut = len(list(bagio.iter_bag_frames(bag)))
+    assert 0 < before_cut < N_FRAMES
+    topic = unique_topic()
+    proc = start_player(str(bag), "--topic", topic, "--wait-subscribers", "1")
+    received, rc, out, err = receive(ros, topic, proc, before_cut)
+    assert rc == 0 and "Traceback" not in err, err
+    assert f"cut off mid-recording: played the {before_cut} frame(s)" in err
+    assert len(received) == before_cut
+    for i, (msg, _) in enumerate(received):
+        np.testing.assert_array_equal(msg_to_rgb(msg), frames_rgb[i])
+
+
+def test_play_unreadable_bag_fails_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.mcap"
+    broken.write_bytes(b"\x89MCAP0\r\n" + b"\x01" * 20)
+    proc = start_player(str(broken))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evit-ros play: ") and "broken.mcap" in lines[0], err

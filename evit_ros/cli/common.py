@@ -77,9 +77,8 @@ def backend_options_from_args(args: argparse.Namespace) -> dict:
         raise SystemExit(f"evit-ros: {exc}") from exc
 
 
-def segmenter_from_args(args: argparse.Namespace, **overrides):
-    from evit_ros.pipeline.segmenter import Segmenter
-
+def segmenter_kwargs(args: argparse.Namespace, **overrides) -> dict:
+    """The Segmenter arguments the model options ask for (picklable, so a remote worker can build it too)."""
     kwargs = dict(
         model=args.model,
         weights=args.weights,
@@ -93,4 +92,10 @@ def segmenter_from_args(args: argparse.Namespace, **overrides):
         backend_options=backend_options_from_args(args),
     )
     kwargs.update(overrides)
-    return Segmenter(**kwargs)
+    return kwargs
+
+
+def segmenter_from_args(args: argparse.Namespace, **overrides):
+    from evit_ros.pipeline.segmenter import Segmenter
+
+    return Segmenter(**segmenter_kwargs(args, **overrides))

@@ -1,6 +1,7 @@
 """Evaluation of segmentation outputs: metrics, class maps, folder/bag sources, latency and reports.
 
-The ROS-free core of ``evit-ros eval`` (see :mod:`evit_ros.evaluation.cli`).
+The ROS-free core of ``evit-ros eval`` (:mod:`evit_ros.cli.eval`): :mod:`.plan` turns sources into work units,
+:mod:`.runner` scores units and merges them exactly, :mod:`.distributed` runs the units on Ray.
 """
 
 from evit_ros.evaluation.classmap import ClassMap, load_class_map

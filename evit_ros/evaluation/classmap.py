@@ -188,6 +188,18 @@ class ClassMap:
         lut = np.where(lut == other.ignore_index, self.ignore_index, lut)
         return replace(self, gt_lut=lut, gt_name=Path(kind).name)
 
+    def compact(self) -> ClassMap:
+        """The same map with its tables cut after their last mapped entry (values beyond a table are ignored
+        anyway), so it pickles small: a 65536-entry table is half a megabyte."""
+
+        def trim(lut: np.ndarray | None) -> np.ndarray | None:
+            if lut is None:
+                return None
+            mapped = np.flatnonzero(lut != self.ignore_index)
+            return lut[: int(mapped[-1]) + 1 if mapped.size else 1].copy()
+
+        return replace(self, pred_lut=trim(self.pred_lut), gt_lut=trim(self.gt_lut))
+
     def apply_to_prediction(self, labels: np.ndarray) -> np.ndarray:
         """Model class ids -> evaluation class ids (int64); unmapped -> ``ignore_index`` (scored as void)."""
         if self.pred_lut is None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from evit_ros.io.bagio import iter_bag_messages
 
-__all__ = ["LatencyStats", "latency_from_bag", "latency_from_stamps"]
+__all__ = ["LatencyStats", "latency_from_bag", "latency_from_stamps", "merge_latency"]
 
 
 @dataclass
@@ -94,3 +94,29 @@ def latency_from_bag(path: str | Path, input_topic: str, output_topic: str) -> L
     if not outputs:
         raise ValueError(f"no messages on {output_topic} in {path}: cannot measure latency")
     return latency_from_stamps(inputs, outputs)
+
+
+def merge_latency(stats: list[LatencyStats]) -> LatencyStats | None:
+    """Several recordings as one: raw latencies concatenated (percentiles over all of them), counts summed.
+
+    Rates combine as total intervals over total span, each recording's span being ``(n - 1) / rate``.
+    """
+    if not stats:
+        return None
+    if len(stats) == 1:
+        return stats[0]
+
+    def rate(pairs: list[tuple[int, float]]) -> float:
+        spans = [(n - 1) / r for n, r in pairs if n > 1 and math.isfinite(r) and r > 0]
+        intervals = sum(n - 1 for n, r in pairs if n > 1 and math.isfinite(r) and r > 0)
+        return intervals / sum(spans) if spans and sum(spans) > 0 else math.nan
+
+    return LatencyStats(
+        latencies_ms=np.concatenate([s.latencies_ms for s in stats]),
+        inputs=sum(s.inputs for s in stats),
+        outputs=sum(s.outputs for s in stats),
+        dropped=sum(s.dropped for s in stats),
+        output_rate_hz=rate([(s.outputs, s.output_rate_hz) for s in stats]),
+        input_rate_hz=rate([(s.inputs, s.input_rate_hz) for s in stats]),
+        unmatched_outputs=sum(s.unmatched_outputs for s in stats),
+    )

@@ -4,7 +4,10 @@
 absent from both ground truth and prediction}), ``frames``, ``pixels``, ``class_names``, ``confusion_matrix``
 (rows ground truth, columns prediction, last column void), ``meta`` (source, mode, model, class map) and,
 when latency was measured, ``latency_ms`` ({p50, p90, p99, mean, min, max}) plus ``latency`` (inputs,
-outputs, dropped_frames, drop_ratio, output_rate_hz, input_rate_hz).
+outputs, dropped_frames, drop_ratio, output_rate_hz, input_rate_hz). ``sources`` lists every source of the run,
+worst first (failed ones, then by mIoU): ``source``, ``mode``, ``frames``, ``miou``, ``pixel_accuracy``,
+``latency_ms`` ({p50, p99} or null), ``flags`` (``truncated``, ``no metadata.yaml``), ``notes``, ``errors`` and
+``error`` (why a source was excluded; null when it was scored).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from evit_ros.evaluation.classmap import ClassMap
 from evit_ros.evaluation.latency import LatencyStats
 from evit_ros.evaluation.metrics import SegmentationScores
 
-__all__ = ["EvalResult", "Sample", "report_dict", "write_report"]
+__all__ = ["EvalResult", "Sample", "SourceResult", "report_dict", "write_report"]
 
 
 @dataclass
@@ -35,6 +38,50 @@ class Sample:
 
 
 @dataclass
+class SourceResult:
+    """One source (bag or dataset folder) of a run: its own scores, or why it was excluded."""
+
+    source: str
+    index: int
+    mode: str
+    frames: int = 0
+    scores: SegmentationScores | None = None
+    latency: LatencyStats | None = None
+    flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def miou(self) -> float:
+        return self.scores.miou if self.scores is not None else math.nan
+
+    def sort_key(self) -> tuple[int, float, int]:
+        """Worst first: failed sources, then ascending mIoU (nan before numbers), then run order."""
+        miou = self.miou
+        return (0 if self.error else 1, miou if math.isfinite(miou) else -1.0, self.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        lat = None
+        if self.latency is not None:
+            lat = {k: _num(self.latency.percentiles[k]) for k in ("p50", "p99")}
+        return {
+            "source": self.source,
+            "mode": self.mode,
+            "frames": self.frames,
+            "miou": _num(self.miou),
+            "pixel_accuracy": _num(self.scores.pixel_accuracy) if self.scores is not None else None,
+            "latency_ms": lat,
+            "flags": list(self.flags),
+            "notes": list(self.notes),
+            "errors": self.errors,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
 class EvalResult:
     class_map: ClassMap
     scores: SegmentationScores
@@ -42,12 +89,22 @@ class EvalResult:
     latency: LatencyStats | None = None
     samples: list[Sample] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    sources: list[SourceResult] = field(default_factory=list)
+    resized: int = 0
 
     def summary(self) -> str:
         lines = [
             f"frames: {self.frames}   pixels: {self.scores.pixels}",
             f"mIoU: {_pct(self.scores.miou)}   pixel accuracy: {_pct(self.scores.pixel_accuracy)}",
         ]
+        if len(self.sources) > 1 or any(s.error or s.flags for s in self.sources):
+            failed = sum(1 for s in self.sources if s.error)
+            lines.insert(0, f"sources: {len(self.sources) - failed} scored, {failed} excluded")
+            for row in sorted(self.sources, key=SourceResult.sort_key):
+                if row.error:
+                    lines.append(f"  excluded {row.source}: {row.error}")
+                elif row.flags:
+                    lines.append(f"  {', '.join(row.flags)}: {row.source} ({row.frames} frames scored)")
         if self.latency is not None:
             lat = self.latency
             p = lat.percentiles
@@ -79,6 +136,7 @@ def report_dict(result: EvalResult) -> dict[str, Any]:
         "ignore_index": cm.ignore_index,
         "confusion_matrix": result.scores.confusion.tolist(),
         "meta": dict(result.meta, class_map=cm.name, gt_map=cm.gt_name),
+        "sources": [row.to_dict() for row in sorted(result.sources, key=SourceResult.sort_key)],
     }
     if result.latency is not None:
         lat = result.latency
@@ -170,6 +228,52 @@ def _plot_latency(lat: LatencyStats, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_sources(rows: list[SourceResult], path: Path) -> None:
+    """Per-source mIoU, worst at the top, so the recordings that regressed stand out."""
+    plt = _plt()
+    scored = [r for r in sorted(rows, key=SourceResult.sort_key) if r.scores is not None]
+    names = [_short(r.source) for r in scored]
+    values = [100 * np.nan_to_num(r.miou, nan=0.0) for r in scored]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(scored) + 1.2)))
+    colors = ["darkorange" if r.flags else "steelblue" for r in scored]
+    ax.barh(range(len(scored)), values, color=colors)
+    ax.set_yticks(range(len(scored)))
+    ax.set_yticklabels(names, fontsize=7 if len(scored) > 30 else 9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("mIoU (%)")
+    excluded = sum(1 for r in rows if r.error)
+    ax.set_title(f"Per-source mIoU, worst first (orange: flagged; {excluded} excluded)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _short(source: str) -> str:
+    return Path(source).name or source
+
+
+def _sources_markdown(rows: list[SourceResult]) -> list[str]:
+    def ms(row: SourceResult, key: str) -> str:
+        return "n/a" if row.latency is None else f"{row.latency.percentiles[key]:.1f}"
+
+    lines = [
+        "## Per-source results (worst first)",
+        "",
+        "| source | frames | mIoU | pixel accuracy | latency p50 / p99 (ms) | errors | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=SourceResult.sort_key):
+        acc = _pct(row.scores.pixel_accuracy) if row.scores is not None else "n/a"
+        miou = _pct(row.miou) if row.scores is not None else "excluded"
+        notes = "; ".join([*row.flags, *([f"excluded: {row.error}"] if row.error else [])]).replace("|", "/")
+        lines.append(
+            f"| {_short(row.source)} | {row.frames} | {miou} | {acc} | {ms(row, 'p50')} / {ms(row, 'p99')} "
+            f"| {row.errors} | {notes} |"
+        )
+    return [*lines, ""]
+
+
 def _plot_sample(sample: Sample, cm: ClassMap, path: Path) -> None:
     from evit_ros.pipeline.processing import colorize, overlay
 
@@ -240,6 +344,8 @@ def _markdown(result: EvalResult, data: dict[str, Any], plots: dict[str, str], s
             f"| dropped frames | {info['dropped_frames']} of {info['inputs']} |",
             f"| output rate | {hz(info['output_rate_hz'])} (input {hz(info['input_rate_hz'])}) |",
         ]
+    if len(result.sources) > 1 or any(r.error or r.flags for r in result.sources):
+        lines += [""] + _sources_markdown(result.sources)
     lines += ["", "## Per-class IoU", "", "| class | IoU |", "|---|---|"]
     for name, value in data["per_class_iou"].items():
         lines.append(f"| {name} | {'absent' if value is None else f'{100 * value:.2f} %'} |")
@@ -260,6 +366,9 @@ def write_report(result: EvalResult, directory: str | Path) -> dict[str, Any]:
     plots = {"Per-class IoU": "per_class_iou.png", "Confusion matrix": "confusion_matrix.png"}
     _plot_iou(result, out / plots["Per-class IoU"])
     _plot_confusion(result, out / plots["Confusion matrix"])
+    if any(r.scores is not None for r in result.sources) and len(result.sources) > 1:
+        plots["Per-source mIoU"] = "per_source_miou.png"
+        _plot_sources(result.sources, out / plots["Per-source mIoU"])
     if result.latency is not None and result.latency.latencies_ms.size:
         plots["Latency"] = "latency_histogram.png"
         _plot_latency(result.latency, out / plots["Latency"])

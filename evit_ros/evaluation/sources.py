@@ -26,8 +26,10 @@ import numpy as np
 
 from evit_ros.io.bagio import (
     IMAGE_MSGTYPE,
+    BagHealth,
     bag_topics,
     frame_from_message,
+    is_bag_path,
     iter_bag_messages,
 )
 from evit_ros.pipeline.processing import IMAGE_SUFFIXES
@@ -79,10 +81,15 @@ def read_image_rgb(path: Path) -> np.ndarray:
 
 
 def is_bag(path: Path) -> bool:
-    path = Path(path)
-    return (path.is_dir() and (path / "metadata.yaml").is_file()) or (
-        path.is_file() and path.suffix in (".db3", ".mcap")
-    )
+    return is_bag_path(path)
+
+
+def _frame_window(start: int, stop: int | None, max_frames: int | None) -> tuple[int, int | None]:
+    """Frames ``[start, stop)`` of a source, within its first ``max_frames``."""
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"bad frame range [{start}, {stop})")
+    ends = [x for x in (stop, max_frames) if x is not None]
+    return start, (min(ends) if ends else None)
 
 
 def _camvid_splits(root: Path) -> list[str]:
@@ -172,11 +179,14 @@ class FolderSource:
         split: str | None = None,
         predictions: str | Path | None = None,
         max_frames: int | None = None,
+        start: int = 0,
+        stop: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.layout = detect_layout(self.root) if layout == "auto" else layout
         pairs, self.gt_kind = find_pairs(self.root, self.layout, split)
-        self.pairs = pairs[:max_frames] if max_frames else pairs
+        first, last = _frame_window(start, stop, max_frames)
+        self.pairs = pairs[first:last]
         self.predictions = Path(predictions) if predictions is not None else None
         if self.predictions is not None:
             if not self.predictions.is_dir():
@@ -212,8 +222,8 @@ class FolderSource:
             yield EvalSample(name, gt, image, pred)
 
 
-def _require_topics(path: Path, topics: dict[str, str]) -> dict[str, str]:
-    available = bag_topics(path)
+def _require_topics(path: Path, topics: dict[str, str], health: BagHealth) -> dict[str, str]:
+    available = bag_topics(path, health)
     for role, topic in topics.items():
         if topic not in available:
             raise ValueError(
@@ -250,11 +260,20 @@ def _check_label_frame(frame, role: str) -> np.ndarray:
 class BagModelSource:
     """Mode (a): an image topic and a ground-truth label topic (mono8/mono16), matched by header stamp."""
 
-    def __init__(self, path: str | Path, image_topic: str, gt_topic: str, max_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        image_topic: str,
+        gt_topic: str,
+        max_frames: int | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.image_topic, self.gt_topic = image_topic, gt_topic
-        self.max_frames = max_frames
-        self.topics = _require_topics(self.path, {"image": image_topic, "ground-truth": gt_topic})
+        self.start, self.stop = _frame_window(start, stop, max_frames)
+        self.health = BagHealth()
+        self.topics = _require_topics(self.path, {"image": image_topic, "ground-truth": gt_topic}, self.health)
         if self.topics[gt_topic] != IMAGE_MSGTYPE:
             raise ValueError(f"ground-truth topic {gt_topic} is {self.topics[gt_topic]}; expected mono8/mono16 Image")
         self.gt_kind = "ids"
@@ -263,12 +282,18 @@ class BagModelSource:
         return f"bag {self.path}: model on {self.image_topic} vs ground truth {self.gt_topic}"
 
     def __iter__(self) -> Iterator[EvalSample]:
+        if self.stop is not None and self.stop <= self.start:
+            return
         matcher = _StampMatcher([self.image_topic, self.gt_topic])
-        count = 0
-        for topic, msgtype, recv_ns, msg in iter_bag_messages(self.path, [self.image_topic, self.gt_topic]):
+        index = 0
+        topics = [self.image_topic, self.gt_topic]
+        for topic, msgtype, recv_ns, msg in iter_bag_messages(self.path, topics, self.health):
             stamp = _stamp_of(msg)
             match = matcher.add(topic, stamp, (msgtype, recv_ns, msg))
             if match is None:
+                continue
+            index += 1
+            if index <= self.start:  # before this unit's frame range: paired but not decoded
                 continue
             frames = {t: frame_from_message(t, *match[t]) for t in match}  # type: ignore[misc]
             gt = _check_label_frame(frames[self.gt_topic], "ground-truth")
@@ -276,8 +301,7 @@ class BagModelSource:
             if image.ndim != 3:
                 raise ValueError(f"image topic {self.image_topic} carries {frames[self.image_topic].encoding} labels")
             yield EvalSample(f"{stamp}", gt, image, None, stamp)
-            count += 1
-            if self.max_frames and count >= self.max_frames:
+            if self.stop is not None and index >= self.stop:
                 return
 
 
@@ -296,12 +320,15 @@ class BagRecordedSource:
         image_topic: str | None = None,
         max_frames: int | None = None,
         images_for: int = 4,
+        start: int = 0,
+        stop: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.labels_topic, self.gt_topic = labels_topic, gt_topic
-        self.max_frames = max_frames
+        self.start, self.stop = _frame_window(start, stop, max_frames)
         self.images_for = images_for
-        self.topics = _require_topics(self.path, {"labels": labels_topic, "ground-truth": gt_topic})
+        self.health = BagHealth()
+        self.topics = _require_topics(self.path, {"labels": labels_topic, "ground-truth": gt_topic}, self.health)
         self.image_topic = image_topic if image_topic in self.topics else None
         self.gt_kind = "ids"
 
@@ -309,14 +336,16 @@ class BagRecordedSource:
         return f"bag {self.path}: recorded {self.labels_topic} vs ground truth {self.gt_topic}"
 
     def __iter__(self) -> Iterator[EvalSample]:
+        if self.stop is not None and self.stop <= self.start:
+            return
         matcher = _StampMatcher([self.labels_topic, self.gt_topic])
         images: OrderedDict[int, tuple] = OrderedDict()
         topics = [self.labels_topic, self.gt_topic] + ([self.image_topic] if self.image_topic else [])
-        count = 0
-        for topic, msgtype, recv_ns, msg in iter_bag_messages(self.path, topics):
+        index = 0
+        for topic, msgtype, recv_ns, msg in iter_bag_messages(self.path, topics, self.health):
             stamp = _stamp_of(msg)
             if topic == self.image_topic:
-                if count < self.images_for:
+                if index - self.start < self.images_for:
                     images[stamp] = (msgtype, recv_ns, msg)
                     if len(images) > _PENDING_LIMIT:
                         images.popitem(last=False)
@@ -324,12 +353,15 @@ class BagRecordedSource:
             match = matcher.add(topic, stamp, (msgtype, recv_ns, msg))
             if match is None:
                 continue
+            index += 1
+            if index <= self.start:
+                images.pop(stamp, None)
+                continue
             pred = _check_label_frame(frame_from_message(self.labels_topic, *match[self.labels_topic]), "labels")
             gt = _check_label_frame(frame_from_message(self.gt_topic, *match[self.gt_topic]), "ground-truth")
             image = None
             if stamp in images:
                 image = frame_from_message(self.image_topic, *images.pop(stamp)).image  # type: ignore[arg-type]
             yield EvalSample(f"{stamp}", gt, image, pred, stamp)
-            count += 1
-            if self.max_frames and count >= self.max_frames:
+            if self.stop is not None and index >= self.stop:
                 return

@@ -10,7 +10,9 @@ Sources:
 * a video file (anything ``cv2.VideoCapture`` opens): at the file's frame rate unless ``--rate``;
 * a rosbag2 recording (directory, ``.db3`` or ``.mcap``) read with :func:`evit_ros.bagio.iter_bag_frames`:
   ``--bag-topic`` picks the image topic (needed only when the bag has several); frames keep their original
-  spacing (record time), unless ``--rate`` asks for a fixed rate.
+  spacing (record time), unless ``--rate`` asks for a fixed rate. A recording cut off mid-write (an mcap file
+  without its summary) plays up to the cut, and the player says so; a bag directory without ``metadata.yaml``
+  plays from its storage files; one that cannot be read at all exits with one line saying why.
 
 ``--speed`` scales whichever timing applies (2 = twice as fast). Each message gets ``header.stamp = now()``
 at publish time (the player is a live camera, not a clock replay) and ``header.frame_id``. Publishing is
@@ -51,10 +53,10 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from evit_ros.io.bagio import is_bag_path
 from evit_ros.pipeline.processing import IMAGE_SUFFIXES, list_images
 from evit_ros.ros.conversions import image_to_msg
 
-BAG_SUFFIXES = frozenset({".db3", ".mcap"})
 DEFAULT_FOLDER_RATE = 15.0
 MIN_TIMER_NS = 1_000
 SETTLE_S = 0.25
@@ -147,7 +149,8 @@ class BagSource:
         from evit_ros.io import bagio
 
         self.path = path
-        topics = bagio.bag_topics(path)
+        self.health = bagio.BagHealth()
+        topics = bagio.bag_topics(path, self.health)
         images = sorted(t for t, m in topics.items() if m in (bagio.IMAGE_MSGTYPE, bagio.COMPRESSED_MSGTYPE))
         if topic is None:
             if len(images) != 1:
@@ -160,22 +163,26 @@ class BagSource:
             raise ValueError(f"topic {topic} in bag {path} is a {topics[topic]}, not an image topic")
         self.topic = topic
         self._iter_frames = bagio.iter_bag_frames
+        self._told = False
 
     def describe(self) -> str:
-        return f"bag {self.path} topic {self.topic}"
+        flags = f" ({', '.join(self.health.flags)})" if self.health.flags else ""
+        return f"bag {self.path} topic {self.topic}{flags}"
 
     def iter_pass(self) -> Iterator[tuple[float, np.ndarray]]:
         first: int | None = None
-        for frame in self._iter_frames(self.path, [self.topic]):
+        count = 0
+        for frame in self._iter_frames(self.path, [self.topic], self.health):
             first = frame.recv_ns if first is None else first
+            count += 1
             yield (frame.recv_ns - first) / 1e9, _to_rgb(frame.image)
+        if self.health.truncated and not self._told:
+            self._told = True
+            print(f"evit-ros play: {self.path} was cut off mid-recording: played the {count} frame(s) of "
+                  f"{self.topic} before the cut", file=sys.stderr, flush=True)  # fmt: skip
 
 
 Source = FolderSource | VideoSource | BagSource
-
-
-def _is_bag(path: Path) -> bool:
-    return (path.is_dir() and (path / "metadata.yaml").is_file()) or path.suffix.lower() in BAG_SUFFIXES
 
 
 def open_source(source: str | Path, bag_topic: str | None = None) -> Source:
@@ -183,7 +190,7 @@ def open_source(source: str | Path, bag_topic: str | None = None) -> Source:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"source not found: {path}")
-    if _is_bag(path):
+    if is_bag_path(path):
         return BagSource(path, bag_topic)
     if bag_topic is not None:
         raise ValueError(f"--bag-topic given but {path} is not a rosbag2 recording")
