@@ -3,6 +3,14 @@
 Matches the official EfficientViT-Seg evaluation: RGB, INTER_CUBIC resize to the network
 resolution, /255, ImageNet mean/std, NCHW float32; logits resized bicubic
 (align_corners=False) to the output size, then argmax.
+
+Post-processing modes (``POSTPROCESS_MODES``):
+- ``exact``: bicubic logits upsampling of every class, then argmax (the official protocol).
+- ``refined``: the exact labels at a fraction of the cost. Each output pixel's bicubic value is a
+  weighted sum of a 4x4 window of network-resolution logits. Where a bound on that sum proves one
+  class wins over the whole window, the label is copied; elsewhere (near class boundaries) the
+  bicubic logits of the few classes that can still win are computed, as the exact path does.
+- ``fast``: argmax at network resolution, then nearest-neighbour upsampling of the labels.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ MAX_SIDE = 16384
 # Still-image files every folder reader (predict, play, eval, INT8 calibration) accepts.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"})
 _CV_MAX_CHANNELS = 128
+POSTPROCESS_MODES = ("exact", "refined", "fast")
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -105,26 +114,202 @@ def postprocess(
     mode: str = "exact",
     return_confidence: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """C x h x w logits -> (labels H x W, confidence H x W or None).
+    """C x h x w logits -> (labels H x W, confidence H x W or None); see POSTPROCESS_MODES.
 
     mode "exact" resizes the logits bicubically before argmax (the official evaluation);
+    mode "refined" gives the same labels, computing bicubic logits only near class boundaries;
     mode "fast" takes argmax at network resolution and upsamples labels nearest-neighbour.
+    Confidence is the softmax probability of each pixel's label.
     """
-    if mode not in ("exact", "fast"):
-        raise ValueError(f"postprocess mode must be 'exact' or 'fast', got '{mode}'")
+    if mode not in POSTPROCESS_MODES:
+        raise ValueError(f"postprocess mode must be one of {', '.join(POSTPROCESS_MODES)}, got '{mode}'")
     num_classes = logits.shape[0]
     dtype = label_dtype(num_classes)
+    if mode == "refined" and size is not None and not _refine_pays_off(logits.shape[1:], size):
+        mode = "exact"  # the exact path is the reference, and cheaper at small upsampling factors
     if size is None or mode == "exact":
         full = resize_logits(logits, size) if size is not None else logits
         labels = full.argmax(axis=0).astype(dtype)
         conf = softmax_confidence(full) if return_confidence else None
         return labels, conf
+    if mode == "refined":
+        return refine_labels(logits, size, return_confidence)
     labels = logits.argmax(axis=0).astype(dtype)
     conf = softmax_confidence(logits) if return_confidence else None
     out_h, out_w = size
     labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
     if conf is not None:
         conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    return labels, conf
+
+
+# ---------------------------------------------------------------------------------------------
+# "refined": exact bicubic labels, evaluated only where the winning class is in doubt.
+#
+# Sample positions and kernel follow OpenCV's INTER_CUBIC (= torch bicubic, align_corners=False):
+# source coordinate (x + 0.5) * in/out - 0.5, taps floor-1 .. floor+2 clamped to the border,
+# Keys kernel with a = -0.75. Along one axis the outer two weights are <= 0 and the inner two >= 0;
+# in 2-D the 16 taps split into 4 inner (weight >= 0, sum (1+nx)(1+ny)), 8 edge (<= 0, sum
+# -(nx + ny + 2 nx ny)) and 4 corner taps (>= 0, sum nx ny), nx, ny being the 1-D outer sums.
+
+_CUBIC_A = -0.75
+_REFINE_BUCKETS = (2, 3, 4, 6, 8, 12, 16)  # candidate counts are padded up to one of these (fewer batches)
+_REFINE_MIN_UPSCALE = 32  # below this many output pixels per logit pixel the exact path is as cheap
+_REFINE_TOL = 1e-3  # margin kept above float32 rounding of the interpolated logits
+
+
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """Keys cubic weights (a = -0.75) of the taps at -1, 0, 1, 2 for fractional positions t in [0, 1)."""
+    a = _CUBIC_A
+    x0, x1, x2 = t + 1.0, t, 1.0 - t
+    w0 = ((a * x0 - 5 * a) * x0 + 8 * a) * x0 - 4 * a
+    w1 = ((a + 2) * x1 - (a + 3)) * x1 * x1 + 1
+    w2 = ((a + 2) * x2 - (a + 3)) * x2 * x2 + 1
+    return np.stack([w0, w1, w2, 1.0 - w0 - w1 - w2], axis=-1)
+
+
+def _outer_weight_bound() -> float:
+    """Largest 1-D sum of the (negative) outer weights over t, with a little headroom."""
+    w = _cubic_weights(np.linspace(0.0, 1.0, 4097))
+    return float((-np.minimum(w, 0.0).sum(axis=1)).max()) * 1.001
+
+
+_NMAX = _outer_weight_bound()  # 0.1875 at t = 0.5
+# Edge over inner weight at worst (nx = ny = _NMAX): a margin this fraction of the largest one wins.
+_RHO = (2 * _NMAX + 2 * _NMAX**2) / (1 + _NMAX) ** 2
+
+
+def _refine_pays_off(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    return out_size[0] * out_size[1] >= _REFINE_MIN_UPSCALE * in_size[0] * in_size[1]
+
+
+def _axis_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output index: the floor source index i0 in [-1, n_in - 1] and its 4 float32 weights."""
+    src = ((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
+    i0 = np.floor(src)
+    weights = _cubic_weights((src - i0).astype(np.float64)).astype(np.float32)
+    return i0.astype(np.int64), weights
+
+
+def _window(a: np.ndarray, op, size: int, count: tuple[int, int]) -> np.ndarray:
+    """op-reduction of a over size x size windows starting at every (r, c) < count (axes 0 and 1)."""
+    rows = a[: count[0] + size - 1]
+    out = rows[: count[0]]
+    for k in range(1, size):
+        out = op(out, rows[k : k + count[0]])
+    cols = out
+    out = cols[:, : count[1]]
+    for k in range(1, size):
+        out = op(out, cols[:, k : k + count[1]])
+    return out
+
+
+def _lower_bound(d: np.ndarray) -> np.ndarray:
+    """Lower bound of the bicubic interpolation of B x 4 x 4 x C tap values d over every position in
+    the cell: min over (nx, ny) in {0, NMAX}^2 of inner*min_inner - edge*max_edge + corner*min_corner
+    (the expression is bilinear in nx, ny, so its minimum lies on a corner of the range)."""
+    n = _NMAX
+    m_in = d[:, 1:3, 1:3].min(axis=(1, 2))
+    m_c = np.minimum(np.minimum(d[:, 0, 0], d[:, 0, 3]), np.minimum(d[:, 3, 0], d[:, 3, 3]))
+    m_e = np.maximum(d[:, 1:3, [0, 3]].max(axis=(1, 2)), d[:, [0, 3], 1:3].max(axis=(1, 2)))
+    one = (1 + n) * m_in - n * m_e
+    both = (1 + n) ** 2 * m_in - (2 * n + 2 * n * n) * m_e + n * n * m_c
+    return np.minimum(np.minimum(m_in, one), both)
+
+
+def refine_labels(
+    logits: np.ndarray, size: tuple[int, int], return_confidence: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels equal to argmax(bicubic(logits)) at `size`, computing bicubic values only where needed.
+
+    Output pixels are grouped into cells by their floor source position (i0, j0); a cell's pixels
+    all read the same 4x4 tap window. A cell whose taps share one argmax class a, with every other
+    class j behind by a margin that the negative kernel lobes cannot overturn (min over the inner
+    taps of l_a - l_j > _RHO * its max over the window), takes label a. Other cells keep the classes
+    not ruled out by the same bound against a reference class and, if more than one remains,
+    evaluate their bicubic logits for the cell's pixels. Confidence (when asked) is the exact
+    softmax in evaluated cells and the bilinear network-resolution probability elsewhere, where
+    every tap has the same winning class.
+    """
+    c, h, w = logits.shape
+    out_h, out_w = size
+    dtype = label_dtype(c)
+    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32)
+    labels_low = hwc.argmax(axis=2).astype(dtype)
+    # Padding by 2 (border replicated, as the kernel clamps taps) puts cell e = i0 + 1's taps at e..e+3.
+    padded = np.pad(hwc, ((2, 2), (2, 2), (0, 0)), mode="edge")
+    labels_pad = np.pad(labels_low, 2, mode="edge")
+    cells = (h + 1, w + 1)
+    cell_max = _window(labels_pad, np.maximum, 4, cells)
+    uniform = cell_max == _window(labels_pad, np.minimum, 4, cells)
+    behind = padded.max(axis=2, keepdims=True) - padded  # l_a - l_j, >= 0; in a uniform cell a is its label
+    max_behind = _window(behind, np.maximum, 4, cells)
+    min_inner = _window(behind[1:, 1:], np.minimum, 2, cells)
+    safe = min_inner - _RHO * max_behind > _REFINE_TOL
+    safe[np.arange(cells[0])[:, None], np.arange(cells[1])[None, :], cell_max] = True  # a vs itself
+    certain = uniform & safe.all(axis=2)
+
+    iy, wy = _axis_taps(out_h, h)
+    ix, wx = _axis_taps(out_w, w)
+    count_y = np.bincount(iy + 1, minlength=cells[0])
+    count_x = np.bincount(ix + 1, minlength=cells[1])
+    certain |= (count_y == 0)[:, None] | (count_x == 0)[None, :]  # cells no output pixel falls in
+    cell_labels = cell_max.copy()
+    todo = np.argwhere(~certain)
+    need_conf = return_confidence
+    conf = None
+    if need_conf:
+        low_conf = softmax_confidence(logits.astype(np.float32, copy=False))
+        conf = cv2.resize(low_conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    if len(todo) == 0:
+        return np.repeat(np.repeat(cell_labels, count_y, axis=0), count_x, axis=1), conf
+
+    rows = todo[:, 0][:, None] + np.arange(4)[None, :]
+    cols = todo[:, 1][:, None] + np.arange(4)[None, :]
+    taps = padded[rows[:, :, None], cols[:, None, :]]  # B x 4 x 4 x C
+    ref = taps[:, 1:3, 1:3].min(axis=(1, 2)).argmax(axis=1)  # the class with the best inner minimum
+    n_todo = len(todo)
+    gap = taps[np.arange(n_todo), :, :, ref][..., None] - taps
+    candidates = ~(_lower_bound(gap) > _REFINE_TOL)  # ref itself always stays (bound 0)
+    if need_conf:
+        candidates[:] = True  # softmax needs every class
+    k_per_cell = candidates.sum(axis=1)
+    single = k_per_cell == 1
+    cell_labels[todo[single, 0], todo[single, 1]] = ref[single]
+    labels = np.repeat(np.repeat(cell_labels, count_y, axis=0), count_x, axis=1)
+
+    start_y = np.concatenate([[0], np.cumsum(count_y)])
+    start_x = np.concatenate([[0], np.cumsum(count_x)])
+    # Output rows / columns of each cell, padded to the largest cell by repeating its last one.
+    out_rows = (
+        np.minimum(np.arange(count_y.max())[None], count_y[todo[:, 0]][:, None] - 1) + start_y[todo[:, 0]][:, None]
+    )
+    out_cols = (
+        np.minimum(np.arange(count_x.max())[None], count_x[todo[:, 1]][:, None] - 1) + start_x[todo[:, 1]][:, None]
+    )
+    order = np.argsort(~candidates, axis=1, kind="stable")  # candidates first, by class index
+    buckets = np.array([*[b for b in _REFINE_BUCKETS if b < c], c])
+    bucket = np.searchsorted(buckets, k_per_cell)
+    flat_labels, flat_conf = labels.reshape(-1), None if conf is None else conf.reshape(-1)
+    for b in np.unique(bucket[~single]):
+        sel = np.flatnonzero((bucket == b) & ~single)
+        k = int(buckets[b])
+        cls = order[sel, :k]
+        cls = np.where(np.arange(k)[None] < k_per_cell[sel][:, None], cls, cls[:, :1])  # pad: repeat the first
+        patch = taps[sel[:, None], :, :, cls]  # n x k x 4 x 4
+        across = np.matmul(patch, wx[out_cols[sel]].transpose(0, 2, 1)[:, None])  # n x k x 4 x bx
+        values = np.matmul(wy[out_rows[sel]][:, None], across)  # n x k x by x bx
+        best = values[:, 0].copy()
+        pick = np.zeros(best.shape, dtype=np.intp)
+        for j in range(1, k):  # strict '>' keeps the lowest class index on ties, like argmax
+            better = values[:, j] > best
+            np.maximum(best, values[:, j], out=best)
+            np.copyto(pick, j, where=better)
+        index = out_rows[sel][:, :, None] * out_w + out_cols[sel][:, None, :]
+        np.put(flat_labels, index, np.take_along_axis(cls[:, :, None, None], pick[:, None], axis=1)[:, 0])
+        if flat_conf is not None:
+            denom = np.exp(values - best[:, None]).sum(axis=1)
+            np.put(flat_conf, index, (1.0 / denom).astype(np.float32))
     return labels, conf
 
 
