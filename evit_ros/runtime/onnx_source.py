@@ -1,0 +1,37 @@
+"""The fp32 logits ONNX a CPU backend runs: a user's .onnx given as weights, or the checkpoint's cached export."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from evit_ros.runtime.base import BackendConfig
+
+log = logging.getLogger(__name__)
+
+
+def logits_onnx(config: BackendConfig, backend: str) -> tuple[Path, dict[str, str]]:
+    """Path and metadata of the logits ONNX for `config`; exported once into the ONNX cache when needed.
+
+    Raises FileNotFoundError for a missing .onnx and ValueError for an ONNX whose head is not logits.
+    """
+    from evit_ros.deploy.onnx_graph import metadata
+    from evit_ros.network.variants import get_variant
+
+    variant = get_variant(config.model)
+    if config.weights is not None and str(config.weights).lower().endswith(".onnx"):
+        path = Path(config.weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+    else:
+        from evit_ros.deploy.onnx_export import ensure_onnx
+
+        path = ensure_onnx(
+            variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
+        )
+    meta = metadata(path)
+    if meta.get("model") not in (None, variant.name):
+        log.warning("%s was exported from %s, not %s", path, meta.get("model"), variant.name)
+    if meta.get("output", "logits") != "logits":
+        raise ValueError(f"{path} outputs {meta.get('output')}; the {backend} backend needs a logits model")
+    return path, meta
