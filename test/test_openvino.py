@@ -153,7 +153,10 @@ def test_bench_compare_openvino_onnxruntime_torch(capsys) -> None:
         rc = main([*args, "--num-threads", "1", "--compare", "openvino,onnxruntime,torch"])
     assert rc == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    rows: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.split():
+            rows.setdefault(line.split()[0], line.split())  # the table comes before the ratio lines
     assert rows["openvino"][1:3] == ["fp32", "CPU"] and rows["onnxruntime"][1:3] == ["fp32", "cpu"]
     p50 = {name: float(rows[name][3]) for name in ("openvino", "onnxruntime", "torch")}
     ratio = [line for line in out.splitlines() if line.startswith("openvino / onnxruntime: p50 latency x")]
