@@ -135,6 +135,19 @@ def test_openvino_rejects_what_it_cannot_run(b0_onnx: Path) -> None:
             create_backend("openvino", BackendConfig(weights=str(b0_onnx), resolution=RES, device="npu"))
     with pytest.raises(ValueError, match="512x1024|resolution"):
         create_backend("openvino", BackendConfig(weights=str(b0_onnx), resolution=(256, 512)))
+    with pytest.raises(FileNotFoundError):
+        create_backend("openvino", BackendConfig(weights=str(b0_onnx.parent / "missing.onnx"), resolution=RES))
+
+
+def test_openvino_rejects_a_labels_head_onnx(tmp_path: Path) -> None:
+    from evit_ros.cli.main import main
+
+    labels = tmp_path / "labels.onnx"
+    args = ["export", "--weights", "random", "--resolution", "64x128", "--head", "labels", "--no-parity"]
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        assert main([*args, str(labels)]) == 0
+    with pytest.raises(ValueError, match="outputs labels; the openvino backend needs a logits model"):
+        create_backend("openvino", BackendConfig(weights=str(labels), resolution=(64, 128)))
 
 
 def test_auto_backend_on_cpu_prefers_openvino() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from evit_ros.runtime.base import BackendConfig
@@ -10,13 +11,18 @@ from evit_ros.runtime.base import BackendConfig
 log = logging.getLogger(__name__)
 
 
-def logits_onnx(config: BackendConfig, backend: str) -> tuple[Path, dict[str, str]]:
+def logits_onnx(
+    config: BackendConfig, backend: str, read_metadata: Callable[[Path], dict[str, str]] | None = None
+) -> tuple[Path, dict[str, str]]:
     """Path and metadata of the logits ONNX for `config`; exported once into the ONNX cache when needed.
 
-    Raises FileNotFoundError for a missing .onnx and ValueError for an ONNX whose head is not logits.
+    `read_metadata` reads the ONNX metadata_props (default: with the onnx package). Raises FileNotFoundError
+    for a missing .onnx and ValueError for an ONNX whose head is not logits.
     """
-    from evit_ros.deploy.onnx_graph import metadata
     from evit_ros.network.variants import get_variant
+
+    if read_metadata is None:
+        from evit_ros.deploy.onnx_graph import metadata as read_metadata
 
     variant = get_variant(config.model)
     if config.weights is not None and str(config.weights).lower().endswith(".onnx"):
@@ -29,7 +35,7 @@ def logits_onnx(config: BackendConfig, backend: str) -> tuple[Path, dict[str, st
         path = ensure_onnx(
             variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
         )
-    meta = metadata(path)
+    meta = read_metadata(path)
     if meta.get("model") not in (None, variant.name):
         log.warning("%s was exported from %s, not %s", path, meta.get("model"), variant.name)
     if meta.get("output", "logits") != "logits":

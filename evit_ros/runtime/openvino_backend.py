@@ -78,9 +78,10 @@ class OpenVINOBackend(Backend):
                 f"openvino backend runs {', '.join(OPENVINO_PRECISIONS)}, not {config.precision} "
                 "(INT8 needs a quantized model; use tensorrt for int8)"
             )
-        self.onnx_path, meta = logits_onnx(config, self.name)
-        self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
         self.core = ov.Core()
+        self._model: ov.Model | None = None
+        self.onnx_path, meta = logits_onnx(config, self.name, self._read_metadata)
+        self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
         self.device = _device_name(config.device, self.core)
         config.device = self.device
         self.cache_dir = openvino_cache_root(config.engine_cache_dir) / _file_sha256(self.onnx_path)[:16]
@@ -100,6 +101,13 @@ class OpenVINOBackend(Backend):
         if config.precision != "fp32":
             self._gate(config)
 
+    def _read_metadata(self, path: Path) -> dict[str, str]:
+        """The ONNX metadata_props, as OpenVINO's ONNX reader keeps them (rt_info "framework"): no onnx package."""
+        self._model = self.core.read_model(str(path))
+        if not self._model.has_rt_info(["framework"]):
+            return {}
+        return {k: v.astype(str) for k, v in self._model.get_rt_info(["framework"]).astype(dict).items()}
+
     def _get(self, prop) -> object:
         try:
             return self.compiled.get_property(prop)
@@ -115,7 +123,7 @@ class OpenVINOBackend(Backend):
         }
         if self.config.num_threads and self.device == "CPU":
             settings[props.inference_num_threads] = int(self.config.num_threads)
-        return self.core.compile_model(str(self.onnx_path), self.device, settings)
+        return self.core.compile_model(self._model, self.device, settings)
 
     def _gate(self, config: BackendConfig) -> None:
         opts = config.options
