@@ -205,16 +205,30 @@ def _window(a: np.ndarray, op, size: int, count: tuple[int, int]) -> np.ndarray:
 
 
 def _lower_bound(d: np.ndarray) -> np.ndarray:
-    """Lower bound of the bicubic interpolation of B x 4 x 4 x C tap values d over every position in
-    the cell: min over (nx, ny) in {0, NMAX}^2 of inner*min_inner - edge*max_edge + corner*min_corner
-    (the expression is bilinear in nx, ny, so its minimum lies on a corner of the range)."""
+    """Lower bound of the bicubic interpolation of tap values d (4 x 4 x ...: tap row, tap column, then any
+    shape) over every position in the cell: min over (nx, ny) in {0, NMAX}^2 of
+    inner * min_inner - edge * max_edge + corner * min_corner (bilinear in nx, ny, so its minimum lies on a
+    corner of the range)."""
     n = _NMAX
-    m_in = d[:, 1:3, 1:3].min(axis=(1, 2))
-    m_c = np.minimum(np.minimum(d[:, 0, 0], d[:, 0, 3]), np.minimum(d[:, 3, 0], d[:, 3, 3]))
-    m_e = np.maximum(d[:, 1:3, [0, 3]].max(axis=(1, 2)), d[:, [0, 3], 1:3].max(axis=(1, 2)))
+    m_in = np.minimum(np.minimum(d[1, 1], d[1, 2]), np.minimum(d[2, 1], d[2, 2]))
+    m_c = np.minimum(np.minimum(d[0, 0], d[0, 3]), np.minimum(d[3, 0], d[3, 3]))
+    m_e = d[0, 1]
+    for r, q in ((0, 2), (3, 1), (3, 2), (1, 0), (2, 0), (1, 3), (2, 3)):
+        m_e = np.maximum(m_e, d[r, q])
     one = (1 + n) * m_in - n * m_e
     both = (1 + n) ** 2 * m_in - (2 * n + 2 * n * n) * m_e + n * n * m_c
     return np.minimum(np.minimum(m_in, one), both)
+
+
+def _cell_weights(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per cell, the kernel weights of its output pixels, cells x largest cell x 4 (zeros past its end)."""
+    size = int(counts.max())
+    out = np.zeros((len(counts), size, 4), dtype=np.float32)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for offset in range(size):
+        has = counts > offset
+        out[has, offset] = weights[starts[has] + offset]
+    return out
 
 
 def refine_labels(
@@ -234,15 +248,15 @@ def refine_labels(
     c, h, w = logits.shape
     out_h, out_w = size
     dtype = label_dtype(c)
-    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32)
-    labels_low = hwc.argmax(axis=2).astype(dtype)
+    chw = np.asarray(logits, dtype=np.float32)
+    labels_low = chw.argmax(axis=0).astype(dtype)
     # Padding by 2 (border replicated, as the kernel clamps taps) puts cell e = i0 + 1's taps at e..e+3.
-    padded = np.pad(hwc, ((2, 2), (2, 2), (0, 0)), mode="edge")
+    padded = np.pad(chw, ((0, 0), (2, 2), (2, 2)), mode="edge")
     labels_pad = np.pad(labels_low, 2, mode="edge")
     cells = (h + 1, w + 1)
     cell_max = _window(labels_pad, np.maximum, 4, cells)
     uniform = cell_max == _window(labels_pad, np.minimum, 4, cells)
-    behind = padded.max(axis=2, keepdims=True) - padded  # l_a - l_j, >= 0; in a uniform cell a is its label
+    behind = (padded.max(axis=0) - padded).transpose(1, 2, 0)  # l_a - l_j >= 0; a uniform cell's a is its label
     max_behind = _window(behind, np.maximum, 4, cells)
     min_inner = _window(behind[1:, 1:], np.minimum, 2, cells)
     safe = min_inner - _RHO * max_behind > _REFINE_TOL
@@ -254,63 +268,78 @@ def refine_labels(
     count_y = np.bincount(iy + 1, minlength=cells[0])
     count_x = np.bincount(ix + 1, minlength=cells[1])
     certain |= (count_y == 0)[:, None] | (count_x == 0)[None, :]  # cells no output pixel falls in
-    cell_labels = cell_max.copy()
     todo = np.argwhere(~certain)
-    need_conf = return_confidence
     conf = None
-    if need_conf:
-        low_conf = softmax_confidence(logits.astype(np.float32, copy=False))
+    if return_confidence:
+        low_conf = softmax_confidence(chw)
         conf = cv2.resize(low_conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    if len(todo) == 0:
-        return np.repeat(np.repeat(cell_labels, count_y, axis=0), count_x, axis=1), conf
+    # The output as a grid of equal blocks (cells x largest cell); output pixel (y, x) is block row
+    # iy + 1 at offset y - start, and likewise for x.
+    by, bx = int(count_y.max()), int(count_x.max())
+    starts_y = np.concatenate([[0], np.cumsum(count_y)[:-1]])
+    starts_x = np.concatenate([[0], np.cumsum(count_x)[:-1]])
+    take_y = (iy + 1) * by + np.arange(out_h) - starts_y[iy + 1]
+    take_x = (ix + 1) * bx + np.arange(out_w) - starts_x[ix + 1]
+    blocks = np.empty((cells[0], by, cells[1], bx), dtype=dtype)
+    blocks[...] = cell_max[:, None, :, None]
+    if len(todo):
+        _refine_cells(
+            padded, todo, _cell_weights(wy, count_y), _cell_weights(wx, count_x), blocks, conf, take_y, take_x
+        )
+    labels = blocks.reshape(cells[0] * by, cells[1] * bx).take(take_y, axis=0).take(take_x, axis=1)
+    return labels, conf
 
-    rows = todo[:, 0][:, None] + np.arange(4)[None, :]
-    cols = todo[:, 1][:, None] + np.arange(4)[None, :]
-    taps = padded[rows[:, :, None], cols[:, None, :]]  # B x 4 x 4 x C
-    ref = taps[:, 1:3, 1:3].min(axis=(1, 2)).argmax(axis=1)  # the class with the best inner minimum
+
+def _refine_cells(
+    padded: np.ndarray,
+    todo: np.ndarray,
+    cell_wy: np.ndarray,
+    cell_wx: np.ndarray,
+    blocks: np.ndarray,
+    conf: np.ndarray | None,
+    take_y: np.ndarray,
+    take_x: np.ndarray,
+) -> None:
+    """Labels (and confidence) of the uncertain cells `todo` (B x 2 cell indices) into `blocks` / `conf`."""
+    c = padded.shape[0]
     n_todo = len(todo)
-    gap = taps[np.arange(n_todo), :, :, ref][..., None] - taps
+    rows = (todo[:, 0][None, :] + np.arange(4)[:, None])[:, None, :]  # 4 x 1 x B
+    cols = (todo[:, 1][None, :] + np.arange(4)[:, None])[None, :, :]  # 1 x 4 x B
+    taps = padded.transpose(1, 2, 0)[rows, cols]  # 4 x 4 x B x C: tap-major, so bounds are elementwise
+    inner_min = np.minimum(np.minimum(taps[1, 1], taps[1, 2]), np.minimum(taps[2, 1], taps[2, 2]))
+    ref = inner_min.argmax(axis=1)  # the class with the best inner minimum
+    gap = taps[:, :, np.arange(n_todo), ref][..., None] - taps
     candidates = ~(_lower_bound(gap) > _REFINE_TOL)  # ref itself always stays (bound 0)
-    if need_conf:
+    if conf is not None:
         candidates[:] = True  # softmax needs every class
     k_per_cell = candidates.sum(axis=1)
     single = k_per_cell == 1
-    cell_labels[todo[single, 0], todo[single, 1]] = ref[single]
-    labels = np.repeat(np.repeat(cell_labels, count_y, axis=0), count_x, axis=1)
-
-    start_y = np.concatenate([[0], np.cumsum(count_y)])
-    start_x = np.concatenate([[0], np.cumsum(count_x)])
-    # Output rows / columns of each cell, padded to the largest cell by repeating its last one.
-    out_rows = (
-        np.minimum(np.arange(count_y.max())[None], count_y[todo[:, 0]][:, None] - 1) + start_y[todo[:, 0]][:, None]
-    )
-    out_cols = (
-        np.minimum(np.arange(count_x.max())[None], count_x[todo[:, 1]][:, None] - 1) + start_x[todo[:, 1]][:, None]
-    )
+    blocks[todo[single, 0], :, todo[single, 1], :] = ref[single][:, None, None].astype(blocks.dtype)
     order = np.argsort(~candidates, axis=1, kind="stable")  # candidates first, by class index
     buckets = np.array([*[b for b in _REFINE_BUCKETS if b < c], c])
     bucket = np.searchsorted(buckets, k_per_cell)
-    flat_labels, flat_conf = labels.reshape(-1), None if conf is None else conf.reshape(-1)
+    conf_blocks = None if conf is None else np.full(blocks.shape, np.nan, dtype=np.float32)
     for b in np.unique(bucket[~single]):
         sel = np.flatnonzero((bucket == b) & ~single)
         k = int(buckets[b])
         cls = order[sel, :k]
         cls = np.where(np.arange(k)[None] < k_per_cell[sel][:, None], cls, cls[:, :1])  # pad: repeat the first
-        patch = taps[sel[:, None], :, :, cls]  # n x k x 4 x 4
-        across = np.matmul(patch, wx[out_cols[sel]].transpose(0, 2, 1)[:, None])  # n x k x 4 x bx
-        values = np.matmul(wy[out_rows[sel]][:, None], across)  # n x k x by x bx
+        patch = taps[:, :, sel[:, None], cls].transpose(2, 3, 0, 1)  # n x k x 4 x 4
+        across = np.matmul(patch, cell_wx[todo[sel, 1]].transpose(0, 2, 1)[:, None])  # n x k x 4 x bx
+        values = np.matmul(cell_wy[todo[sel, 0]][:, None], across)  # n x k x by x bx
         best = values[:, 0].copy()
-        pick = np.zeros(best.shape, dtype=np.intp)
+        label = np.empty(best.shape, dtype=blocks.dtype)
+        label[...] = cls[:, 0, None, None]
         for j in range(1, k):  # strict '>' keeps the lowest class index on ties, like argmax
             better = values[:, j] > best
             np.maximum(best, values[:, j], out=best)
-            np.copyto(pick, j, where=better)
-        index = out_rows[sel][:, :, None] * out_w + out_cols[sel][:, None, :]
-        np.put(flat_labels, index, np.take_along_axis(cls[:, :, None, None], pick[:, None], axis=1)[:, 0])
-        if flat_conf is not None:
-            denom = np.exp(values - best[:, None]).sum(axis=1)
-            np.put(flat_conf, index, (1.0 / denom).astype(np.float32))
-    return labels, conf
+            np.copyto(label, cls[:, j, None, None].astype(blocks.dtype), where=better)
+        blocks[todo[sel, 0], :, todo[sel, 1], :] = label
+        if conf_blocks is not None:
+            conf_blocks[todo[sel, 0], :, todo[sel, 1], :] = 1.0 / np.exp(values - best[:, None]).sum(axis=1)
+    if conf_blocks is not None:
+        exact = conf_blocks.reshape(blocks.shape[0] * blocks.shape[1], -1).take(take_y, axis=0).take(take_x, axis=1)
+        np.copyto(conf, exact, where=~np.isnan(exact))
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
