@@ -280,14 +280,32 @@ def refine_labels(
     starts_x = np.concatenate([[0], np.cumsum(count_x)[:-1]])
     take_y = (iy + 1) * by + np.arange(out_h) - starts_y[iy + 1]
     take_x = (ix + 1) * bx + np.arange(out_w) - starts_x[ix + 1]
-    blocks = np.empty((cells[0], by, cells[1], bx), dtype=dtype)
-    blocks[...] = cell_max[:, None, :, None]
+    grid = np.repeat(np.repeat(cell_max.astype(dtype), by, axis=0), bx, axis=1)
+    blocks = grid.reshape(cells[0], by, cells[1], bx)  # a view: writes land in grid
     if len(todo):
         _refine_cells(
             padded, todo, _cell_weights(wy, count_y), _cell_weights(wx, count_x), blocks, conf, take_y, take_x
         )
-    labels = blocks.reshape(cells[0] * by, cells[1] * bx).take(take_y, axis=0).take(take_x, axis=1)
-    return labels, conf
+    return _take_runs(_take_runs(grid, take_y, 0), take_x, 1), conf
+
+
+def _take_runs(a: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """a.take(index, axis) for an increasing index made of a few consecutive runs (cells without padding
+    follow each other), as one slice copy per run instead of a gather per element."""
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    if len(breaks) > 256:
+        return a.take(index, axis=axis)
+    shape = list(a.shape)
+    shape[axis] = len(index)
+    out = np.empty(shape, dtype=a.dtype)
+    bounds = [0, *breaks.tolist(), len(index)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
+        src = int(index[lo])
+        if axis == 0:
+            out[lo:hi] = a[src : src + hi - lo]
+        else:
+            out[:, lo:hi] = a[:, src : src + hi - lo]
+    return out
 
 
 def _refine_cells(
@@ -338,7 +356,7 @@ def _refine_cells(
         if conf_blocks is not None:
             conf_blocks[todo[sel, 0], :, todo[sel, 1], :] = 1.0 / np.exp(values - best[:, None]).sum(axis=1)
     if conf_blocks is not None:
-        exact = conf_blocks.reshape(blocks.shape[0] * blocks.shape[1], -1).take(take_y, axis=0).take(take_x, axis=1)
+        exact = _take_runs(_take_runs(conf_blocks.reshape(blocks.shape[0] * blocks.shape[1], -1), take_y, 0), take_x, 1)
         np.copyto(conf, exact, where=~np.isnan(exact))
 
 
