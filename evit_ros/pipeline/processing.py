@@ -218,15 +218,14 @@ def _axis_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _window(a: np.ndarray, op, size: int, count: tuple[int, int]) -> np.ndarray:
-    """op-reduction of a over size x size windows starting at every (r, c) < count (axes 0 and 1)."""
-    rows = a[: count[0] + size - 1]
-    out = rows[: count[0]]
+    """op-reduction of a over size x size windows starting at every (r, c) < count (the last two axes)."""
+    out = a[..., : count[0], :]
     for k in range(1, size):
-        out = op(out, rows[k : k + count[0]])
-    cols = out
-    out = cols[:, : count[1]]
+        out = op(out, a[..., k : k + count[0], :])
+    rows = out
+    out = rows[..., : count[1]]
     for k in range(1, size):
-        out = op(out, cols[:, k : k + count[1]])
+        out = op(out, rows[..., k : k + count[1]])
     return out
 
 
@@ -282,12 +281,12 @@ def refine_labels(
     cells = (h + 1, w + 1)
     cell_max = _window(labels_pad, np.maximum, 4, cells)
     uniform = cell_max == _window(labels_pad, np.minimum, 4, cells)
-    behind = (padded.max(axis=0) - padded).transpose(1, 2, 0)  # l_a - l_j >= 0; a uniform cell's a is its label
+    behind = padded.max(axis=0) - padded  # l_a - l_j >= 0; a uniform cell's a is its label
     max_behind = _window(behind, np.maximum, 4, cells)
-    min_inner = _window(behind[1:, 1:], np.minimum, 2, cells)
+    min_inner = _window(behind[:, 1:, 1:], np.minimum, 2, cells)
     safe = min_inner - _RHO * max_behind > _REFINE_TOL
-    safe[np.arange(cells[0])[:, None], np.arange(cells[1])[None, :], cell_max] = True  # a vs itself
-    certain = uniform & safe.all(axis=2)
+    safe[cell_max, np.arange(cells[0])[:, None], np.arange(cells[1])[None, :]] = True  # a vs itself
+    certain = uniform & safe.all(axis=0)
 
     iy, wy = _axis_taps(out_h, h)
     ix, wx = _axis_taps(out_w, w)
@@ -369,8 +368,16 @@ def _refine_cells(
         cls = order[sel, :k]
         cls = np.where(np.arange(k)[None] < k_per_cell[sel][:, None], cls, cls[:, :1])  # pad: repeat the first
         patch = taps[:, :, sel[:, None], cls].transpose(2, 3, 0, 1)  # n x k x 4 x 4
-        across = np.matmul(patch, cell_wx[todo[sel, 1]].transpose(0, 2, 1)[:, None])  # n x k x 4 x bx
-        values = np.matmul(cell_wy[todo[sel, 0]][:, None], across)  # n x k x by x bx
+        wx_t, wy = cell_wx[todo[sel, 1]].transpose(0, 2, 1), cell_wy[todo[sel, 0]]
+        if k == 2 and conf_blocks is None:  # one channel: the second class wins where l_2 - l_1 > 0
+            margin = np.matmul(wy, np.matmul(patch[:, 1] - patch[:, 0], wx_t))  # n x by x bx
+            two = cls.astype(blocks.dtype)
+            blocks[todo[sel, 0], :, todo[sel, 1], :] = np.where(
+                margin > 0, two[:, 1, None, None], two[:, 0, None, None]
+            )
+            continue
+        across = np.matmul(patch, wx_t[:, None])  # n x k x 4 x bx
+        values = np.matmul(wy[:, None], across)  # n x k x by x bx
         best = values[:, 0].copy()
         label = np.empty(best.shape, dtype=blocks.dtype)
         label[...] = cls[:, 0, None, None]
