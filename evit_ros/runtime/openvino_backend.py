@@ -115,12 +115,15 @@ class OpenVINOBackend(Backend):
             return "?"
 
     def _compile(self, precision: str) -> ov.CompiledModel:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         settings = {
-            props.cache_dir: str(self.cache_dir),
             hints.performance_mode: hints.PerformanceMode.LATENCY,
             hints.inference_precision: OPENVINO_PRECISIONS[precision],
         }
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            settings[props.cache_dir] = str(self.cache_dir)
+        except OSError as exc:  # a read-only cache only costs the compile time at start-up
+            log.warning("OpenVINO model cache %s unavailable (%s); compiling without it", self.cache_dir, exc)
         if self.config.num_threads and self.device == "CPU":
             settings[props.inference_num_threads] = int(self.config.num_threads)
         return self.core.compile_model(self._model, self.device, settings)
