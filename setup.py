@@ -21,6 +21,7 @@ setup(
     extras_require={
         "torch": ["torch>=2.1"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        "openvino": ["openvino>=2024.0"],
         "eval": ["rosbags>=0.10", "matplotlib", "mcap>=1.1"],
         "ray": ["ray>=2.9", "rosbags>=0.10", "matplotlib", "mcap>=1.1"],
         "hub": ["huggingface_hub"],

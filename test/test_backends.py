@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,15 @@ def test_onnxruntime_rejects_mismatches(b0_onnx: Path) -> None:
         create_backend("onnxruntime", BackendConfig(weights=str(b0_onnx), resolution=RES, precision="fp16"))
 
 
-def test_auto_backend_on_cpu_is_onnxruntime() -> None:
+def test_auto_backend_on_cpu_is_openvino_else_onnxruntime(monkeypatch) -> None:
+    import importlib.util
+
     from evit_ros.runtime import resolve_backend_name
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
+    assert resolve_backend_name("auto") == ("openvino" if importlib.util.find_spec("openvino") else "onnxruntime")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # Python's way to make a package unimportable
     assert resolve_backend_name("auto") == "onnxruntime"
 
 

@@ -1,5 +1,6 @@
 """launch_testing test of launch/seg.launch.py: the node comes up under a namespace with the shipped params
-file and DDS profile, segments a frame published on the remapped image topic, and exits cleanly.
+file and (a loopback-only copy of) the DDS profile, segments a frame published on the remapped image topic, and
+exits cleanly.
 
 Needs launch, launch_ros and launch_testing (a sourced ROS 2 install with evit_ros built); skipped elsewhere.
 Run with ``launch_test test/test_launch.py`` or pytest (the launch_testing pytest plugin collects it).
@@ -36,7 +37,10 @@ def generate_test_description():
 
     if not WEIGHTS.is_file():
         pytest.skip(f"official B0 checkpoint not found at {WEIGHTS}")
-    params = Path(tempfile.mkdtemp(prefix="evit_ros_launch_")) / "params.yaml"
+    from evit_ros.cli.demo import loopback_profile
+
+    folder = Path(tempfile.mkdtemp(prefix="evit_ros_launch_"))
+    params = folder / "params.yaml"
     params.write_text(
         f"/**:\n  ros__parameters:\n    weights: '{WEIGHTS}'\n    num_threads: 1\n    publish_color: false\n"
     )
@@ -49,6 +53,8 @@ def generate_test_description():
             "image": f"/{NAMESPACE}/camera/image_raw",
             "namespace": NAMESPACE,
             "params_file": str(params),
+            # The shipped profile lets UDP use every interface; the test keeps to loopback.
+            "dds_profile": str(loopback_profile(REPO_ROOT / "config" / "fastdds_shm.xml", folder)),
         }.items(),
     )
     return launch.LaunchDescription([seg, launch_testing.actions.ReadyToTest()])

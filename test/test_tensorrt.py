@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evit_ros.deploy.accuracy_gate import accuracy_gate
 from evit_ros.deploy.tensorrt_build import (
     EngineBuildConfig,
-    accuracy_gate,
     engine_cache_key,
     engine_cache_root,
     engine_path,

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS
+from evit_ros.pipeline.processing import POSTPROCESS_MODES
 from evit_ros.runtime import BACKENDS, PRECISIONS
 from evit_ros.runtime.options import BACKEND_OPTIONS, BackendOption, normalise_options
 
@@ -33,9 +34,25 @@ def add_model_arguments(
     if not with_backend:
         return
     g.add_argument("--backend", default=default_backend, choices=BACKENDS)
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: picked by the backend)")
-    g.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
-    g.add_argument("--engine-cache-dir", default=None, help="where ONNX files and TensorRT engines are cached")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N; for openvino any OpenVINO device (CPU, GPU, NPU, AUTO) (default: picked by the "
+        "backend)",
+    )
+    g.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime / OpenVINO")
+    g.add_argument(
+        "--engine-cache-dir",
+        default=None,
+        help="where ONNX files, TensorRT engines and OpenVINO compiled models are cached",
+    )
+    g.add_argument(
+        "--postprocess",
+        default="exact",
+        choices=POSTPROCESS_MODES,
+        help="exact: bicubic logits upsampling then argmax (the official protocol); refined: the same labels, "
+        "computed only near class boundaries; fast: argmax then nearest upsampling",
+    )
     add_backend_option_arguments(parser)
 
 
@@ -88,6 +105,7 @@ def segmenter_kwargs(args: argparse.Namespace, **overrides) -> dict:
         device=args.device,
         num_threads=args.num_threads,
         engine_cache_dir=args.engine_cache_dir,
+        postprocess_mode=args.postprocess,
         allow_random_weights=args.weights == "random",
         backend_options=backend_options_from_args(args),
     )

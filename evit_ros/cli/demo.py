@@ -4,7 +4,8 @@
                             [--weights PATH] [--resolution HxW] [--backend auto] [--rate HZ] [--max-frames N]
 
 Starts ``seg_node`` and the replay tool (``evit-ros play``) as subprocesses in a private ROS domain (random
-``ROS_DOMAIN_ID``, discovery limited to localhost, the shipped Fast DDS shared-memory profile), subscribes to
+``ROS_DOMAIN_ID``, discovery limited to localhost, the shipped Fast DDS shared-memory profile with its UDP
+transport restricted to loopback, see ``loopback_profile``), subscribes to
 ``segmentation/overlay`` and ``segmentation/labels``, writes every overlay as a PNG into ``--out``, then prints a
 summary (end-to-end latency p50/p90/p99 = receive time minus the camera stamp, output FPS, frames in/out, frames
 the node dropped because a newer one arrived) and writes it to ``<out>/summary.json``.
@@ -31,7 +32,7 @@ import numpy as np
 
 from evit_ros.network.variants import DEFAULT_MODEL
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # evit_ros/cli/demo.py -> the repository
 NAMESPACE = "/demo"
 
 
@@ -62,8 +63,48 @@ def dds_profile_path() -> Path | None:
     return local if local.is_file() else None
 
 
+LOOPBACK = "127.0.0.1"
+_FASTDDS_NS = "http://www.eprosima.com"
+
+
+def loopback_profile(profile: Path, out_dir: str | os.PathLike | None = None) -> Path:
+    """A copy of a Fast DDS profile whose UDP transports may only use the loopback interface.
+
+    The shipped profile lets UDP use every interface (other computers must receive the outputs); the demo,
+    the measurements and the tests keep all traffic on this machine, with the same shared-memory settings.
+    """
+    import atexit
+    import shutil
+    import tempfile
+    import xml.etree.ElementTree as ET
+
+    ET.register_namespace("", _FASTDDS_NS)
+    tree = ET.parse(profile)
+    ns = {"f": _FASTDDS_NS}
+    udp = [
+        d for d in tree.getroot().iterfind(".//f:transport_descriptor", ns)
+        if (d.findtext("f:type", "", ns) or "").strip().startswith("UDP")
+    ]  # fmt: skip
+    if not udp:
+        raise ValueError(f"{profile} has no UDP transport to restrict")
+    for descriptor in udp:
+        for old in descriptor.findall("f:interfaceWhiteList", ns):
+            descriptor.remove(old)
+        allow = ET.SubElement(descriptor, f"{{{_FASTDDS_NS}}}interfaceWhiteList")
+        ET.SubElement(allow, f"{{{_FASTDDS_NS}}}address").text = LOOPBACK
+    if out_dir is None:
+        out_dir = tempfile.mkdtemp(prefix="evit_ros_dds_")
+        atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+    folder = Path(out_dir)
+    path = folder / f"{profile.stem}_loopback.xml"
+    tree.write(path, encoding="UTF-8", xml_declaration=True)
+    return path
+
+
 def ros_env(dds_profile: bool = True, domain_id: int | None = None) -> dict[str, str]:
-    """Environment for a private, loopback-only ROS graph (for this process's children and for itself)."""
+    """Environment for a private, loopback-only ROS graph (for this process's children and for itself).
+
+    With `dds_profile`, the shipped Fast DDS profile's loopback-only copy (``loopback_profile``)."""
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.SystemRandom().randint(1, 100))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -74,7 +115,7 @@ def ros_env(dds_profile: bool = True, domain_id: int | None = None) -> dict[str,
     env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
     profile = dds_profile_path() if dds_profile else None
     if profile is not None and env["RMW_IMPLEMENTATION"].startswith("rmw_fastrtps"):
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(loopback_profile(profile))
     return env
 
 

@@ -4,10 +4,11 @@
 
 1. Backend only (in this process): ``Segmenter.logits`` (pre-processing + network) and the full
    ``Segmenter.segment`` (+ bicubic upsampling and argmax at the camera size) on a 1920x1080 frame.
-2. For each DDS configuration (the shipped ``config/fastdds_shm.xml``, then Fast DDS defaults): ``seg_node`` in
-   a subprocess, and a camera + recorder in another subprocess (each process loads its DDS profile once, so
-   every configuration gets fresh processes) publishing 1920x1080 bgr8 frames at ``--rate`` Hz (reliable,
-   depth 1, stamped at publish time) and subscribing to ``segmentation/labels`` and ``segmentation/overlay``.
+2. For each DDS configuration (the shipped ``config/fastdds_shm.xml`` as its loopback-only copy, then Fast DDS
+   defaults): ``seg_node`` in a subprocess, and a camera + recorder in another subprocess (each process loads
+   its DDS profile once, so every configuration gets fresh processes) publishing 1920x1080 bgr8 frames at
+   ``--rate`` Hz (reliable, depth 1, stamped at publish time) and subscribing to ``segmentation/labels`` and
+   ``segmentation/overlay``.
    End-to-end latency = receive time of the output minus the frame's stamp.
 
 Prints a table and writes JSON (``--json``). The frame is a real Cityscapes image from the test data resized to

@@ -117,13 +117,10 @@ def build_metadata(
 
 
 def _parity_input(resolution: tuple[int, int], batch: int, image: str | os.PathLike | None) -> np.ndarray:
-    """A real image if given, else a seeded smooth synthetic image (bicubic-upscaled 16x32 noise).
-
-    White noise straight into the network is far off the image distribution: its logits, and so
-    fp32 rounding differences, are several times larger than on real frames.
-    """
+    """A real image if given, else a seeded smooth synthetic image (accuracy_gate.smooth_synthetic_image)."""
     import cv2
 
+    from evit_ros.deploy.accuracy_gate import smooth_synthetic_image
     from evit_ros.pipeline.processing import preprocess
 
     if image is not None:
@@ -132,8 +129,7 @@ def _parity_input(resolution: tuple[int, int], batch: int, image: str | os.PathL
             raise ValueError(f"cannot read parity image {image}")
         rgb = bgr[:, :, ::-1]
     else:
-        small = np.random.default_rng(0).integers(0, 256, (16, 32, 3), dtype=np.uint8)
-        rgb = cv2.resize(small, (resolution[1], resolution[0]), interpolation=cv2.INTER_CUBIC)
+        rgb = smooth_synthetic_image(resolution, seed=0)
     one = preprocess(np.ascontiguousarray(rgb), resolution, order="rgb")
     return np.repeat(one, batch, axis=0)
 

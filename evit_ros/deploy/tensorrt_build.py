@@ -30,13 +30,13 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from evit_ros.pipeline.processing import list_images
+from evit_ros.deploy.accuracy_gate import load_frames
 
 log = logging.getLogger(__name__)
 
@@ -338,71 +338,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-@dataclass
-class GateResult:
-    nonfinite: int
-    label_agreement: float
-    max_abs_diff: float
-    passed: bool
-
-    def describe(self) -> str:
-        return (
-            f"non-finite outputs {self.nonfinite}, label agreement {self.label_agreement * 100:.3f}%, "
-            f"max abs logit difference {self.max_abs_diff:.3g}"
-        )
-
-
-def accuracy_gate(
-    candidate: Callable[[np.ndarray], np.ndarray],
-    reference: Callable[[np.ndarray], np.ndarray],
-    batches: Sequence[np.ndarray],
-    min_label_agreement: float,
-) -> GateResult:
-    """Compare a candidate engine with the FP32 reference: no NaN/Inf and label agreement >= the minimum."""
-    nonfinite, agree, total, max_abs = 0, 0, 0, 0.0
-    for x in batches:
-        got, ref = candidate(x), reference(x)
-        bad = ~np.isfinite(got)
-        nonfinite += int(bad.sum())
-        labels_got, labels_ref = got.argmax(axis=1), ref.argmax(axis=1)
-        agree += int((labels_got == labels_ref).sum())
-        total += labels_ref.size
-        if not bad.any():
-            max_abs = max(max_abs, float(np.abs(got - ref).max()))
-        else:
-            max_abs = float("inf")
-    agreement = agree / total if total else 0.0
-    return GateResult(nonfinite, agreement, max_abs, nonfinite == 0 and agreement >= min_label_agreement)
-
-
-def calibration_images(folder: str | os.PathLike, limit: int) -> list[Path]:
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    files = list_images(root)
-    if not files:
-        raise FileNotFoundError(f"no images in {root}")
-    return files[:limit]
-
-
-def load_frames(folder: str | os.PathLike, resolution: tuple[int, int], batch: int, limit: int) -> list[np.ndarray]:
-    """Preprocessed N x 3 x H x W batches from a folder of images (processing.preprocess)."""
-    import cv2
-
-    from evit_ros.pipeline.processing import preprocess
-
-    frames = []
-    for path in calibration_images(folder, limit):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is not None:
-            frames.append(preprocess(bgr, resolution, order="bgr")[0])
-    if not frames:
-        raise FileNotFoundError(f"no readable images in {folder}")
-    while len(frames) % batch:
-        frames.append(frames[len(frames) % len(frames)])
-    return [np.ascontiguousarray(np.stack(frames[i : i + batch])) for i in range(0, len(frames), batch)]
 
 
 # --------------------------------------------------------------------------------------------

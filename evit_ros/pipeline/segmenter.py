@@ -9,7 +9,7 @@ import numpy as np
 
 from evit_ros.network.classes import class_table
 from evit_ros.network.variants import DEFAULT_MODEL, Variant, get_variant, parse_resolution
-from evit_ros.pipeline.processing import fit_resolution, postprocess, preprocess
+from evit_ros.pipeline.processing import POSTPROCESS_MODES, fit_resolution, postprocess, preprocess
 from evit_ros.runtime import Backend, BackendConfig, create_backend, resolve_backend_name
 
 
@@ -52,6 +52,10 @@ class Segmenter:
         if weights is not None and str(weights) == "random" and not allow_random_weights:
             raise ValueError("random weights requested without allow_random_weights=True")
         self.resolution = parse_resolution(resolution) if resolution else default_resolution(self.variant)
+        if postprocess_mode not in POSTPROCESS_MODES:
+            raise ValueError(
+                f"postprocess_mode must be one of {', '.join(POSTPROCESS_MODES)}, got '{postprocess_mode}'"
+            )
         self.postprocess_mode = postprocess_mode
         self.class_names, self.palette = class_table(self.variant.dataset)
         self.backend_name = resolve_backend_name(backend)

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface, selected by name (auto | tensorrt | torch | onnxruntime)."""
+"""Inference backends behind one interface, selected by name (auto | tensorrt | torch | openvino | onnxruntime)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,19 @@ def _cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
+def _openvino_usable() -> bool:
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    try:
+        import openvino  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def resolve_backend_name(name: str) -> str:
-    """auto: TensorRT when importable with a GPU, else torch on CUDA, else ONNX Runtime on the CPU."""
+    """auto: TensorRT when importable with a GPU, else torch on CUDA, else OpenVINO on the CPU when installed,
+    else ONNX Runtime."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
     if name != "auto":
@@ -38,11 +49,13 @@ def resolve_backend_name(name: str) -> str:
         return "tensorrt"
     if _cuda_usable():
         return "torch"
+    if _openvino_usable():
+        return "openvino"
     return "onnxruntime"
 
 
 def create_backend(name: str, config: BackendConfig) -> Backend:
-    """Instantiate a backend; heavy imports (torch, onnxruntime, tensorrt) happen only here."""
+    """Instantiate a backend; heavy imports (torch, onnxruntime, openvino, tensorrt) happen only here."""
     resolved = resolve_backend_name(name)
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{config.precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -55,6 +68,10 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
         from evit_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(config)
+    if resolved == "openvino":
+        from evit_ros.runtime.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(config)
     from evit_ros.runtime.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(config)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("auto", "tensorrt", "torch", "openvino", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: openvino only
 
 
 @dataclass
@@ -16,10 +16,10 @@ class BackendConfig:
     """What selects and shapes a backend; engine-affecting, so fixed for a backend's lifetime."""
 
     model: str = "b0-cityscapes"
-    weights: str | None = None  # checkpoint path, "random", an .onnx file (onnxruntime/tensorrt) or None (cache/Hub)
+    weights: str | None = None  # checkpoint path, "random", an .onnx file (not torch) or None (cache/Hub)
     resolution: tuple[int, int] = (512, 1024)
     precision: str = "fp32"
-    device: str | None = None  # "cpu", "cuda", "cuda:1"; None picks
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; openvino: CPU, GPU, NPU, AUTO; None picks
     num_threads: int | None = None
     engine_cache_dir: str | None = None
     batch_size: int = 1

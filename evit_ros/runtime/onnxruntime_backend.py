@@ -6,18 +6,13 @@ otherwise the checkpoint is exported once into the ONNX cache and reused.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 
-from evit_ros.deploy.onnx_graph import io_names, metadata, require_logits
-from evit_ros.network.variants import get_variant
+from evit_ros.deploy.onnx_graph import io_names
 from evit_ros.runtime.base import Backend, BackendConfig
 from evit_ros.runtime.devices import parse_device
-
-log = logging.getLogger(__name__)
+from evit_ros.runtime.onnx_source import logits_onnx
 
 
 def _providers(device: str | None) -> list:
@@ -37,24 +32,11 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(config)
         if config.precision != "fp32":
             raise ValueError(
-                f"onnxruntime backend runs fp32 only, not {config.precision}; use tensorrt or torch on a GPU"
+                f"onnxruntime backend runs fp32 only, not {config.precision}; use openvino (bf16/fp16 on a CPU, "
+                "after an accuracy gate), or tensorrt or torch on a GPU"
             )
-        variant = get_variant(config.model)
-        if config.weights is not None and str(config.weights).lower().endswith(".onnx"):
-            self.onnx_path = Path(config.weights).expanduser()
-            if not self.onnx_path.is_file():
-                raise FileNotFoundError(f"ONNX model not found: {self.onnx_path}")
-        else:
-            from evit_ros.deploy.onnx_export import ensure_onnx
-
-            self.onnx_path = ensure_onnx(
-                variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
-            )
-        meta = metadata(self.onnx_path)
+        self.onnx_path, meta = logits_onnx(config, self.name)
         self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
-        if meta.get("model") not in (None, variant.name):
-            log.warning("%s was exported from %s, not %s", self.onnx_path, meta.get("model"), variant.name)
-        require_logits(self.onnx_path, meta)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if config.num_threads:

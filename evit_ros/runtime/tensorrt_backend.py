@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from evit_ros.deploy.accuracy_gate import accuracy_gate, gate_batches
 from evit_ros.deploy.tensorrt_build import (
     EngineBuildConfig,
     TensorRTUnavailable,
     _TrtLogger,
-    accuracy_gate,
     atomic_write,
     build_serialized_engine,
     engine_cache_key,
@@ -235,12 +235,9 @@ class TensorRTBackend(Backend):
         import onnxruntime as ort
 
         folder = build.gate_images or build.calibration_dir
-        if folder:
-            batches = load_frames(folder, self.config.resolution, self.config.batch_size, build.gate_frames)
-        else:
-            log.warning("accuracy gate on seeded noise: pass gate_images / --gate-images for real frames")
-            rng = np.random.default_rng(0)
-            batches = [rng.standard_normal(self.input_shape, dtype=np.float32) for _ in range(2)]
+        if not folder:
+            log.warning("accuracy gate on synthetic images: pass gate_images / --gate-images for real frames")
+        batches = gate_batches(folder, self.config.resolution, self.config.batch_size, build.gate_frames)
         sess = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
         in_name = sess.get_inputs()[0].name
         result = accuracy_gate(
