@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evit_ros.deploy.accuracy_gate import load_frames
+from evit_ros.deploy.accuracy_gate import calibration_images, load_frames
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from evit_ros.deploy.tensorrt_build import (
     engine_path,
     enum_name,
     import_tensorrt,
-    load_frames,
     parse_version,
     profile_shape,
     select_precision_route,
