@@ -47,8 +47,15 @@ class OnnxRuntimeBackend(Backend):
         else:
             from evit_ros.deploy.onnx_export import ensure_onnx
 
+            # Batches of several cameras are often partial: a symbolic batch runs 1..N frames without padding.
             self.onnx_path = ensure_onnx(
-                variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
+                variant.name,
+                config.weights,
+                config.resolution,
+                config.engine_cache_dir,
+                "fp32",
+                config.batch_size,
+                dynamic_batch=config.batch_size > 1,
             )
         meta = metadata(self.onnx_path)
         self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
@@ -69,8 +76,13 @@ class OnnxRuntimeBackend(Backend):
         h, w = int(shape[2]), int(shape[3])
         if (h, w) != tuple(config.resolution):
             raise ValueError(f"{self.onnx_path} takes {h}x{w} input, but resolution {config.resolution} was requested")
-        if isinstance(shape[0], int) and shape[0] != config.batch_size:
-            raise ValueError(f"{self.onnx_path} has a fixed batch of {shape[0]}, not {config.batch_size}")
+        self.dynamic_batch = not isinstance(shape[0], int)
+        if not self.dynamic_batch and shape[0] != config.batch_size:
+            # A user's file with a fixed batch: take what it has (batch 1: frames run one after another).
+            log.warning(
+                "%s has a fixed batch of %d, not %d: using %d", self.onnx_path, shape[0], config.batch_size, shape[0]
+            )
+            config.batch_size = int(shape[0])
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self._check_batch(batch)
