@@ -329,6 +329,10 @@ class SegNode(Node):
 
     def __init__(self, node_name: str = "seg_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.slots: RoundRobinSlots | None = None
+        self.segmenter = None
         self._specs = _parameter_table()
         try:
             for name, spec in self._specs.items():
@@ -366,8 +370,6 @@ class SegNode(Node):
         self.slots = RoundRobinSlots(max(1, len(names)))
         self.cameras = [_Camera(name, slot) for name, slot in zip(names or [""], self.slots.slots, strict=True)]
         self.network = _NetworkStats()
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
         if self.build_only:
             return
 
@@ -659,14 +661,16 @@ class SegNode(Node):
     def stop(self, timeout: float = 1.5) -> None:
         """Stop the worker thread (waits for the frames in progress, at most ``timeout`` s)."""
         self._stop.set()
-        self.slots.close()
+        if self.slots is not None:
+            self.slots.close()
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout)
 
     def destroy_node(self) -> None:
         self.stop()
         super().destroy_node()
-        self.segmenter.close()
+        if self.segmenter is not None:
+            self.segmenter.close()
 
 
 def main(args: Sequence[str] | None = None) -> int:
