@@ -41,6 +41,7 @@ def _params(weights, **extra) -> list[Parameter]:
         "backend": "torch",
         "num_threads": 1,
         "publish_color": False,
+        "qos_reliability": "reliable",  # fairness is the node's to show: no frames lost in DDS under load
         **extra,
     }
     # An empty list has no type of its own: the string-array parameter is given as one explicitly.
@@ -178,10 +179,25 @@ def _out_counts(node: SegNode) -> dict[str, int]:
     return {cam.name: cam.stats.frames_out for cam in node.cameras}
 
 
-def _assert_fair(delta: dict[str, int], names) -> None:
+def _serve(node: SegNode, pubs: dict, msgs: dict, served: list[str], outputs: int = 20) -> dict[str, int]:
+    """Overload: every camera publishes at 40 Hz until each camera in ``served`` got ``outputs`` more outputs
+    (or 120 s passed: a loaded machine is slow, not wrong); returns the new outputs per camera."""
+    _publish_for(pubs, msgs, 1.0, 40.0)  # warm-up: the slots are full from here on
+    before = _out_counts(node)
+    deadline = time.monotonic() + 120.0
+    delta = dict.fromkeys(before, 0)
+    while time.monotonic() < deadline and min(delta[n] for n in served) < outputs:
+        _publish_for(pubs, msgs, 0.1, 40.0)
+        now = _out_counts(node)
+        delta = {n: now[n] - before[n] for n in now}
+    return delta
+
+
+def _assert_fair(delta: dict[str, int], names, node: SegNode) -> None:
     counts = [delta[n] for n in names]
-    assert min(counts) >= 10, f"too few outputs to judge fairness: {delta}"
-    assert min(counts) >= 0.9 * max(counts), f"output counts differ by more than 10 %: {delta}"
+    inputs = {cam.name: cam.stats.frames_in for cam in node.cameras}
+    assert min(counts) >= 20, f"too few outputs to judge fairness: {delta}, frames in {inputs}"
+    assert min(counts) >= 0.9 * max(counts), f"output counts differ by more than 10 %: {delta}, frames in {inputs}"
 
 
 @pytest.fixture(scope="module")
@@ -237,12 +253,7 @@ def test_batched_cameras_are_served_fairly_under_overload(graph, multi, frames_b
     pubs = {name: graph.publisher(f"/multi/{name}/image") for name in msgs}
     assert _wait(lambda: _matched(pubs.values(), node))
     batches0 = node.network.snapshot()["batches"]
-    _publish_for(pubs, msgs, 1.0, 40.0)  # warm up
-    before = _out_counts(node)
-    _publish_for(pubs, msgs, 6.0, 40.0)
-    after = _out_counts(node)
-    delta = {n: after[n] - before[n] for n in after}
-    _assert_fair(delta, msgs)
+    _assert_fair(_serve(node, pubs, msgs, list(msgs)), msgs, node)
     assert all(cam.slot.dropped > 0 for cam in node.cameras), "cameras faster than the network must drop frames"
     snap = node.network.snapshot()
     assert snap["batches"] > batches0 and snap["frames_per_batch"] > 1.0, snap  # frames did share network runs
@@ -256,11 +267,7 @@ def test_one_after_another_is_round_robin_fair_under_overload(graph, b0_checkpoi
     for name in msgs:
         graph.record(Image, f"/rr/{name}/segmentation/labels")
     assert _wait(lambda: _matched(pubs.values(), node))
-    _publish_for(pubs, msgs, 1.0, 40.0)
-    before = _out_counts(node)
-    _publish_for(pubs, msgs, 6.0, 40.0)
-    after = _out_counts(node)
-    _assert_fair({n: after[n] - before[n] for n in after}, msgs)
+    _assert_fair(_serve(node, pubs, msgs, list(msgs)), msgs, node)
     assert node.network.snapshot()["frames_per_batch"] == 1.0
 
 
@@ -285,15 +292,11 @@ def test_silent_and_malformed_cameras_do_not_stop_the_others(graph, b0_checkpoin
     assert _wait(lambda: _matched(pubs.values(), node))
     cams = {cam.name: cam for cam in node.cameras}
 
-    before = _out_counts(node)
-    sent = {**good, "broken": broken}
-    _publish_for(pubs, sent, 6.0, 40.0)
-    after = _out_counts(node)
-    delta = {n: after[n] - before[n] for n in after}
-    _assert_fair(delta, ["good", "other"])
+    delta = _serve(node, pubs, {**good, "broken": broken}, ["good", "other"])
+    _assert_fair(delta, ["good", "other"], node)
     assert delta["silent"] == 0 and delta["broken"] == 0
     assert cams["silent"].stats.frames_in == 0
-    assert cams["broken"].stats.bad >= 10 and cams["broken"].stats.frames_in > 0
+    assert cams["broken"].stats.bad >= 20 and cams["broken"].stats.frames_in > 0
     assert cams["good"].stats.bad == 0 and cams["other"].stats.bad == 0
     assert "needs" in cams["broken"].stats.last_error  # the decoder's reason
 
@@ -309,11 +312,11 @@ def test_silent_and_malformed_cameras_do_not_stop_the_others(graph, b0_checkpoin
     assert _wait(lambda: wanted <= set(_statuses(graph, since)), 10), set(_statuses(graph, since))
     statuses = _statuses(graph, since)
     values = {name: {kv.key: kv.value for kv in s.values} for name, s in statuses.items() if name in wanted}
-    assert int(values[f"{prefix}: camera broken"]["bad_frames"]) >= 10
+    assert int(values[f"{prefix}: camera broken"]["bad_frames"]) >= 20
     assert statuses[f"{prefix}: camera broken"].level == DiagnosticStatus.WARN
     assert values[f"{prefix}: camera silent"]["frames_in"] == "0"
     assert statuses[f"{prefix}: camera silent"].level == DiagnosticStatus.WARN  # "no input frames yet"
-    assert int(values[f"{prefix}: camera good"]["frames_out"]) >= 10
+    assert int(values[f"{prefix}: camera good"]["frames_out"]) >= 20
     for key in ("frames_in", "frames_out", "dropped_frames", "bad_frames", "latency_ms", "inference_ms"):
         assert key in values[f"{prefix}: camera good"], key
     network = values[f"{prefix}: network"]
