@@ -31,7 +31,7 @@ import numpy as np
 
 from evit_ros.network.variants import DEFAULT_MODEL
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # evit_ros/cli/demo.py -> the repository
 NAMESPACE = "/demo"
 
 
