@@ -2,6 +2,7 @@
 
     ros2 run evit_ros seg_node --ros-args -r image:=/camera/image_raw -p resolution:=512x1024
     python -m evit_ros.ros.seg_node --ros-args -p model:=b0-cityscapes -p backend:=torch
+    ros2 run evit_ros seg_node --ros-args -p "cameras:=[front, left, rear]"
 
 Topics (all relative, so a namespace or remapping places them):
 
@@ -15,10 +16,16 @@ Topics (all relative, so a namespace or remapping places them):
 Every output carries the input header unchanged. An output nobody subscribes to is not computed, and with no
 subscriber at all the network does not run.
 
+Several cameras (``cameras:=[front, left]``; empty = the single camera above): every topic above but
+``/diagnostics`` exists per camera under ``<camera>/`` (``front/image`` -> ``front/segmentation/labels``), one
+network serves them all, and ``/diagnostics`` has one status per camera plus one for the network.
+
 Real time: the input subscription keeps one message (depth ``qos_depth``, default 1); the callback only
-drops the message into a one-frame slot. A worker thread takes the newest frame and runs inference, so a
-camera faster than the network makes the node skip frames (counted as ``dropped``) instead of queueing them
-and falling behind.
+drops the message into its camera's one-frame slot. One worker thread takes the newest frame of every camera
+that has one, in round-robin order, up to ``batch_size`` of them, and runs them through the network as one
+batch; so a camera faster than the network makes the node skip frames (counted as ``dropped``) instead of
+queueing them and falling behind, and every camera gets its turn. rgb8/bgr8 frames are read in place from the
+message buffer and kept in their own channel order through pre-processing and the overlay.
 
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
 the model cannot be loaded (missing checkpoint, unavailable backend, ...).
