@@ -67,6 +67,10 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if config.num_threads:
             opts.intra_op_num_threads = int(config.num_threads)
+        if config.batch_size > 1:
+            # The arena grows by powers of two and keeps its peak: at batch 4 (512x1024) it held ~95 MB more than
+            # the tensors need, for a ~3 % faster run. Several cameras on one node are about memory.
+            opts.enable_cpu_mem_arena = False
         providers = _providers(config.device)
         self.session = ort.InferenceSession(str(self.onnx_path), sess_options=opts, providers=providers)
         self.providers = self.session.get_providers()
