@@ -369,7 +369,8 @@ class SegNode(Node):
             batch_size=batch_size,
         )
         self.info = self.segmenter.describe()
-        self.info["batch_size"] = str(self.segmenter.max_batch)
+        if self.multi_camera:
+            self.info["batch_size"] = str(self.segmenter.max_batch)
         self.get_logger().info("model ready: " + ", ".join(f"{k}={v}" for k, v in self.info.items()))
         self.palette_bgr = np.ascontiguousarray(self.segmenter.palette[:, ::-1])
         self._runtime = {name: p[name] for name in RUNTIME_PARAMETERS}
