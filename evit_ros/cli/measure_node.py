@@ -12,8 +12,10 @@ One camera (default):
    every configuration gets fresh processes) publishing 1920x1080 bgr8 frames at ``--rate`` Hz (reliable,
    depth 1, stamped at publish time) and subscribing to ``segmentation/labels`` and ``segmentation/overlay``.
    End-to-end latency = receive time of the output minus the frame's stamp.
-3. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50 (step 1), both
-   from this run.
+3. Transport floor: a relay (no segmentation) that reads each frame as the node does and publishes a labels-sized
+   image, same camera and profile: what DDS and rclpy alone cost.
+4. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50 (measured before
+   and after the nodes, pooled), and that overhead minus the transport floor.
 
 ``--cameras N`` (shipped DDS profile; labels subscribed on every camera):
 
@@ -217,6 +219,43 @@ def run_camera(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_relay(namespace: str) -> int:
+    """Child process: the transport floor. For every frame on ``<namespace>/image`` publish a labels-sized mono8
+    image with its header on ``<namespace>/segmentation/labels``, reading the frame as seg_node does (a view), with
+    no segmentation: what DDS and rclpy cost a 1080p frame in and its labels out."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from evit_ros.ros.conversions import array_to_msg, msg_to_image
+
+    rclpy.init()
+    node = rclpy.create_node("relay", namespace=namespace)
+    pub = node.create_publisher(
+        Image, "segmentation/labels", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+
+    def on_image(msg) -> None:
+        image, _ = msg_to_image(msg)
+        pub.publish(array_to_msg(labels[: image.shape[0], : image.shape[1]], "mono8", msg.header))
+
+    node.create_subscription(Image, "image", on_image, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def relay_command(namespace: str, params: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "evit_ros.cli.measure_node", "--relay", namespace]
+
+
 def peak_rss_mib(pid: int) -> float | None:
     """The process's peak resident set size (VmHWM) in MiB; None where /proc does not say."""
     try:
@@ -235,6 +274,7 @@ def measure_nodes(
     cameras: Sequence[str] = (),
     outputs: str = "labels,overlay",
     alternate: float = 0.0,
+    command=None,
 ) -> dict:
     """One ``seg_node`` process per entry of ``nodes`` (namespace -> extra ``-p`` parameters), all fed by one camera
     process (``cameras``: names for a multi-camera node, () for one camera); the camera's JSON plus each node's
@@ -243,7 +283,10 @@ def measure_nodes(
     procs = {}
     for ns, params in nodes.items():
         extra = [*params, *([f"cameras:=[{','.join(cameras)}]"] if cameras else [])]
-        cmd = node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
+        if command is not None:
+            cmd = command(ns, extra)
+        else:
+            cmd = node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
         procs[ns] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     child_cmd = [sys.executable, "-m", "evit_ros.cli.measure_node", "--camera", *_forward(args)]
     child_cmd += ["--namespaces", ",".join(nodes), "--outputs", outputs, "--alternate", str(alternate)]
@@ -315,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cameras", type=int, default=0, help="N > 0: measure one node serving N 1080p cameras (memory, batching)"
     )
     parser.add_argument("--camera", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
+    parser.add_argument("--relay", default="", help=argparse.SUPPRESS)  # internal: the transport-floor relay
     parser.add_argument("--alternate-s", type=float, default=10.0, help="--cameras: seconds per node in turn")
     parser.add_argument("--camera-names", default="", help=argparse.SUPPRESS)
     parser.add_argument("--namespaces", default=NAMESPACE, help=argparse.SUPPRESS)
@@ -409,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.camera:
         return run_camera(args)
+    if args.relay:
+        return run_relay(args.relay)
     args.weights = args.weights or default_weights()
     if args.cameras > 0:
         return main_multi(args)
@@ -435,6 +481,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" ms, dropped {node['dropped_frames']} of {node['frames_in']} received",
             flush=True,
         )
+    print("transport floor: a relay that reads the frame and publishes labels, no segmentation ...", flush=True)
+    floor = measure_nodes(args, True, {f"{NAMESPACE}_relay": ()}, outputs="labels", command=relay_command)
+    floor_p50 = None
+    if "error" in floor:
+        print(f"  failed: {floor['error']}")
+    else:
+        floor_lab = next(iter(floor["nodes"].values()))["cameras"][""]["labels"]
+        floor_p50 = floor_lab["latency_ms"]["p50"]
+        print(f"  labels: {floor_lab['frames_received']} frames, latency {_fmt(floor_lab['latency_ms'])}")
+    results["transport_floor"] = floor
     # The Segmenter again after the nodes: the overhead is judged against both runs pooled, so a load change on a
     # shared machine during the run shows (before vs after) instead of silently biasing the figure.
     print("backend only, again ...", flush=True)
@@ -450,6 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             r["node_overhead_ms"] = overhead
             print(f"  node overhead ({name}): labels latency p50 - Segmenter frame->labels p50 = {overhead} ms"
                   " (goal <= 10)")  # fmt: skip
+            if floor_p50 is not None and name == "shipped_profile":
+                r["node_overhead_beyond_transport_ms"] = round(overhead - floor_p50, 2)
+                print(f"    of which DDS + rclpy transport (relay p50) {floor_p50} ms; the node's own work "
+                      f"{r['node_overhead_beyond_transport_ms']} ms")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
