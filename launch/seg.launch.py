@@ -1,20 +1,26 @@
-"""Start one evit_ros seg_node for one camera.
+"""Start one evit_ros seg_node: one camera, or several served by one network (cameras:=...).
 
     ros2 launch evit_ros seg.launch.py image:=/front/image_raw namespace:=front resolution:=512x1024
     ros2 launch evit_ros seg.launch.py use_compressed:=true backend:=onnxruntime build_only:=true
+    ros2 launch evit_ros seg.launch.py cameras:="[front, left, right, rear]"
 
 The node's parameters come from params_file (default: the package's config/seg.yaml); model, resolution,
-backend, precision and every backend option (dla_core, typing, calibration_dir, ... : evit_ros/runtime/options.py,
-the same names as the node parameters and the evit-ros flags) given here override it ('' keeps the file's value):
+backend, precision, cameras and every backend option (dla_core, typing, calibration_dir, ...: the table in
+evit_ros/runtime/options.py, the same names as the node parameters and the evit-ros flags) given here override it
+('' keeps the file's value):
 
-    ros2 launch evit_ros seg.launch.py backend:=tensorrt precision:=fp16 dla_core:=0 For several cameras include this
-file once per camera with a different namespace. With rmw_fastrtps_cpp (the default RMW) the shipped Fast DDS
+    ros2 launch evit_ros seg.launch.py backend:=tensorrt precision:=fp16 dla_core:=0
+
+With cameras, one node and one network serve them all: camera X is read from <namespace>/X/image and segmented
+onto <namespace>/X/segmentation/... (the image argument applies to the single-camera node only). With
+rmw_fastrtps_cpp (the default RMW) the shipped Fast DDS
 profile config/fastdds_shm.xml (64 MiB shared-memory segment) is applied to everything this launch starts,
 unless FASTDDS_DEFAULT_PROFILES_FILE is already set or dds_profile:='' is given.
 """
 
 import os
 
+import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
@@ -30,11 +36,31 @@ def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+def parse_cameras(text: str) -> list[str]:
+    """'[front, left]' (YAML flow list), 'front,left' or 'front' -> a list of names; '' or '[]' -> []."""
+    text = text.strip()
+    if not text:
+        return []
+    value = yaml.safe_load(text) if text.startswith("[") else [part.strip() for part in text.split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"cameras must be a list of camera namespaces such as '[front, left]', got {text!r}")
+    return value
+
+
 def _setup(context):
     share = get_package_share_directory("evit_ros")
     arg = {
         name: LaunchConfiguration(name).perform(context)
-        for name in (*OVERRIDABLE, "image", "namespace", "params_file", "use_compressed", "build_only", "dds_profile")
+        for name in (
+            *OVERRIDABLE,
+            "image",
+            "namespace",
+            "params_file",
+            "use_compressed",
+            "build_only",
+            "dds_profile",
+            "cameras",
+        )
     }
     actions = []
     rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
@@ -51,6 +77,9 @@ def _setup(context):
     compressed = _truthy(arg["use_compressed"])
     overrides["input_transport"] = "compressed" if compressed else "raw"
     overrides["build_only"] = _truthy(arg["build_only"])
+    cameras = parse_cameras(arg["cameras"])
+    if cameras:
+        overrides["cameras"] = cameras
     image_topic = arg["image"]
     remaps = [("image/compressed", image_topic + "/compressed")] if compressed else [("image", image_topic)]
     actions.append(
@@ -73,7 +102,7 @@ def generate_launch_description() -> LaunchDescription:
     args = [
         DeclareLaunchArgument("model", default_value="", description="variant, e.g. b0-cityscapes ('' = params_file)"),
         DeclareLaunchArgument("resolution", default_value="", description="network input HxW ('' = params_file)"),
-        DeclareLaunchArgument("backend", default_value="", description="auto|tensorrt|torch|onnxruntime"),
+        DeclareLaunchArgument("backend", default_value="", description="auto|tensorrt|torch|onnxruntime|openvino"),
         DeclareLaunchArgument("precision", default_value="", description="fp32|fp16|int8 ('' = params_file)"),
         *(
             DeclareLaunchArgument(opt.name, default_value="", description=f"{opt.description} ('' = params_file)")
@@ -83,6 +112,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="camera namespace of the node"),
         DeclareLaunchArgument(
             "params_file", default_value=os.path.join(share, "config", "seg.yaml"), description="YAML"
+        ),
+        DeclareLaunchArgument(
+            "cameras", default_value="", description="camera namespaces for one node, e.g. '[front, left]' ('' = file)"
         ),
         DeclareLaunchArgument("use_compressed", default_value="false", description="subscribe <image>/compressed"),
         DeclareLaunchArgument("build_only", default_value="false", description="build the engine, then exit"),

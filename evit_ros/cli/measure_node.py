@@ -1,18 +1,32 @@
-"""Measure seg_node end to end against the bare backend, with and without the shipped Fast DDS profile.
+"""Measure seg_node end to end against the bare backend: one camera (node overhead), or N cameras on one node.
 
     python -m evit_ros.cli.measure_node [--resolution 512x1024] [--backend auto] [--rate 30] [--seconds 20]
+    python -m evit_ros.cli.measure_node --cameras 4 [--rate 30] [--seconds 15]
+
+One camera (default):
 
 1. Backend only (in this process): ``Segmenter.logits`` (pre-processing + network) and the full
-   ``Segmenter.segment`` (+ bicubic upsampling and argmax at the camera size) on a 1920x1080 frame.
+   ``Segmenter.segment`` (+ upsampling and argmax at the camera size) on a 1920x1080 bgr8 frame.
 2. For each DDS configuration (the shipped ``config/fastdds_shm.xml`` as its loopback-only copy, then Fast DDS
    defaults): ``seg_node`` in a subprocess, and a camera + recorder in another subprocess (each process loads
    its DDS profile once, so every configuration gets fresh processes) publishing 1920x1080 bgr8 frames at
    ``--rate`` Hz (reliable, depth 1, stamped at publish time) and subscribing to ``segmentation/labels`` and
    ``segmentation/overlay``.
    End-to-end latency = receive time of the output minus the frame's stamp.
+3. Transport floor: a relay (no segmentation) that reads each frame as the node does and publishes a labels-sized
+   image, same camera and profile: what DDS and rclpy alone cost.
+4. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50 (measured before
+   and after the nodes, pooled), and that overhead minus the transport floor.
 
-Prints a table and writes JSON (``--json``). The frame is a real Cityscapes image from the test data resized to
-1920x1080 (a synthetic gradient when the data is absent).
+``--cameras N`` (shipped DDS profile; labels subscribed on every camera):
+
+1. In this process: N frames through ``Segmenter.logits_batch`` as one batch vs the same N frames one at a time.
+2. A single-camera node fed by one camera, then an N-camera node (``batch_size`` 0: one batch of up to N) and the
+   same N-camera node with ``batch_size:=1`` (one after another), each fed by N cameras at ``--rate`` Hz. For each:
+   the node's peak RSS (VmHWM), the aggregate output rate, each camera's output rate and their spread.
+
+Prints a table and writes JSON (``--json``). Camera frames are real Cityscapes images from the test data resized
+to 1920x1080 (a synthetic gradient when the data is absent).
 """
 
 from __future__ import annotations
@@ -43,15 +57,22 @@ NAMESPACE = "/measure"
 WIDTH, HEIGHT = 1920, 1080
 
 
-def camera_frame_bgr() -> np.ndarray:
+def camera_frame_bgr(index: int = 0) -> np.ndarray:
+    """Camera ``index``'s 1920x1080 BGR frame: the index-th real Cityscapes frame, else a shifted gradient."""
     import cv2
 
     root = data_dir()
-    path = root / "cityscapes" / "fullres_unlabeled" / "frankfurt_000000_000294_leftImg8bit.png" if root else None
-    if path is not None and path.is_file():
-        return cv2.resize(cv2.imread(str(path), cv2.IMREAD_COLOR), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    folder = root / "cityscapes" / "fullres_unlabeled" if root else None
+    paths = sorted(folder.glob("*.png")) if folder is not None and folder.is_dir() else []
+    if paths:
+        image = cv2.imread(str(paths[index % len(paths)]), cv2.IMREAD_COLOR)
+        return cv2.resize(image, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
-    return np.stack([x % 256, y % 256, (x + y) % 256], axis=2).astype(np.uint8)
+    return np.stack([(x + 40 * index) % 256, y % 256, (x + y) % 256], axis=2).astype(np.uint8)
+
+
+def camera_names(count: int) -> list[str]:
+    return [f"cam{i}" for i in range(count)]
 
 
 def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
@@ -73,11 +94,57 @@ def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
         segment_ms.append((time.perf_counter() - t0) * 1e3)
     info = seg.describe()
     seg.close()
-    return {"describe": info, "logits_ms": percentiles(logits_ms), "segment_1080p_ms": percentiles(segment_ms)}
+    return {
+        "describe": info,
+        "logits_ms": percentiles(logits_ms),
+        "segment_1080p_ms": percentiles(segment_ms),
+        "segment_samples_ms": [round(v, 2) for v in segment_ms],
+    }
+
+
+def measure_batching(args: argparse.Namespace, count: int, repeats: int) -> dict:
+    """The same ``count`` 1080p frames through the network as one batch and one at a time, alternating."""
+    from evit_ros.pipeline.segmenter import Segmenter
+
+    seg = Segmenter(
+        args.model,
+        args.weights,
+        args.resolution,
+        backend=args.backend,
+        num_threads=args.num_threads or None,
+        batch_size=count,
+    )
+    frames = [camera_frame_bgr(i) for i in range(count)]
+    seg.logits_batch(frames, "bgr")
+    batched_ms, sequential_ms = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        seg.logits_batch(frames, "bgr")
+        batched_ms.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        for frame in frames:
+            seg.logits(frame, "bgr")
+        sequential_ms.append((time.perf_counter() - t0) * 1e3)
+    info = seg.describe()
+    info["max_batch"] = seg.max_batch
+    seg.close()
+    b, q = percentiles(batched_ms), percentiles(sequential_ms)
+    return {
+        "describe": info,
+        "frames": count,
+        "batched_ms": b,
+        "one_at_a_time_ms": q,
+        "speedup": round(q["p50"] / b["p50"], 3) if b["p50"] else None,
+    }
 
 
 def run_camera(args: argparse.Namespace) -> int:
-    """Child process: publish 1080p frames at args.rate for args.seconds, record outputs, print JSON."""
+    """Child process: publish 1080p frames at args.rate, record outputs, print JSON.
+
+    Every camera in ``--camera-names`` ('' = one camera on the namespace itself) of every node namespace in
+    ``--namespaces`` gets a publisher; the frames go to one namespace at a time: ``args.warmup`` s each, then
+    ``args.seconds`` s split into phases of ``--alternate`` s in turn (0: one phase per namespace), so nodes compared
+    in one run see the same machine load."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -90,39 +157,62 @@ def run_camera(args: argparse.Namespace) -> int:
     node = rclpy.create_node("measure_camera", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    recorder = Recorder(node, NAMESPACE, ("labels", "overlay"))
-    pub = node.create_publisher(
-        Image, f"{NAMESPACE}/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-    )
-    msg = image_to_msg(camera_frame_bgr()[:, :, ::-1], "bgr8")
-    msg.header.frame_id = "camera"
-    ok = spin_until(executor, lambda: recorder.ready() and pub.get_subscription_count() > 0, args.startup_timeout)
-    if not ok:
+    spaces = args.namespaces.split(",")
+    names = args.camera_names.split(",") if args.camera_names else [""]
+    outputs = tuple(args.outputs.split(","))
+    keys = [(ns, name) for ns in spaces for name in names]
+    recorders = {(ns, name): Recorder(node, f"{ns}/{name}" if name else ns, outputs) for ns, name in keys}
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {(ns, name): node.create_publisher(Image, f"{ns}/{name}/image" if name else f"{ns}/image", qos)
+            for ns, name in keys}  # fmt: skip
+    msgs = {}
+    for i, name in enumerate(names):
+        msgs[name] = image_to_msg(camera_frame_bgr(i)[:, :, ::-1], "bgr8")
+        msgs[name].header.frame_id = name or "camera"
+
+    def matched() -> bool:
+        return all(r.ready() for r in recorders.values()) and all(p.get_subscription_count() > 0 for p in pubs.values())
+
+    if not spin_until(executor, matched, args.startup_timeout):
         print(json.dumps({"error": "seg_node did not match in time"}))
         return 1
-    published = [0]
+    published = dict.fromkeys(spaces, 0)
+    current = [spaces[0]]
 
     def publish() -> None:
-        msg.header.stamp = node.get_clock().now().to_msg()
-        pub.publish(msg)
-        published[0] += 1
+        if not current[0]:
+            return
+        for name in names:
+            msgs[name].header.stamp = node.get_clock().now().to_msg()
+            pubs[(current[0], name)].publish(msgs[name])
+        published[current[0]] += 1
 
     node.create_timer(1.0 / args.rate, publish)
     t_start = time.monotonic()
-    spin_until(executor, lambda: False, args.warmup)
+    for ns in spaces:
+        current[0] = ns
+        spin_until(executor, lambda: False, args.warmup)
+    phase = args.alternate if args.alternate > 0 else args.seconds / len(spaces)
+    cycles = max(1, round(args.seconds / (phase * len(spaces))))
     t_measure = time.monotonic()
-    n0 = published[0]
-    spin_until(executor, lambda: False, args.seconds)
-    n1 = published[0]
-    elapsed = time.monotonic() - t_measure
-    spin_until(executor, lambda: False, 1.5)  # let the node's diagnostics catch up
-    result = {
-        "published": n1 - n0,
-        "publish_rate_hz": round((n1 - n0) / elapsed, 2),
-        "warmup_s": round(t_measure - t_start, 1),
-        "labels": recorder.summary("labels", since=t_measure),
-        "overlay": recorder.summary("overlay", since=t_measure),
-    }
+    n0 = dict(published)
+    fed = dict.fromkeys(spaces, 0.0)
+    for _ in range(cycles):
+        for ns in spaces:
+            current[0] = ns
+            t0 = time.monotonic()
+            spin_until(executor, lambda: False, phase)
+            fed[ns] += time.monotonic() - t0
+    n1 = dict(published)
+    current[0] = ""  # stop publishing; outputs still in flight are counted for the node that made them
+    spin_until(executor, lambda: False, 1.5)  # the last outputs, and the node's diagnostics
+    result = {"warmup_s": round(t_measure - t_start, 1), "nodes": {}}
+    for ns in spaces:
+        entry = {"published": n1[ns] - n0[ns], "fed_s": round(fed[ns], 2), "cameras": {}}
+        entry["publish_rate_hz"] = round(entry["published"] / fed[ns], 2) if fed[ns] else 0.0
+        for name in names:
+            entry["cameras"][name] = {o: recorders[(ns, name)].summary(o, since=t_measure) for o in outputs}
+        result["nodes"][ns] = entry
     print("RESULT " + json.dumps(result), flush=True)
     executor.shutdown()
     node.destroy_node()
@@ -130,11 +220,80 @@ def run_camera(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure_config(args: argparse.Namespace, with_profile: bool) -> dict:
+def run_relay(namespace: str) -> int:
+    """Child process: the transport floor. For every frame on ``<namespace>/image`` publish a labels-sized mono8
+    image with its header on ``<namespace>/segmentation/labels``, reading the frame as seg_node does (a view), with
+    no segmentation: what DDS and rclpy cost a 1080p frame in and its labels out."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from evit_ros.ros.conversions import array_to_msg, msg_to_image
+
+    rclpy.init()
+    node = rclpy.create_node("relay", namespace=namespace)
+    pub = node.create_publisher(
+        Image, "segmentation/labels", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+
+    def on_image(msg) -> None:
+        image, _ = msg_to_image(msg)
+        pub.publish(array_to_msg(labels[: image.shape[0], : image.shape[1]], "mono8", msg.header))
+
+    node.create_subscription(Image, "image", on_image, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def relay_command(namespace: str, params: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "evit_ros.cli.measure_node", "--relay", namespace]
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident set size (VmHWM) in MiB; None where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def measure_nodes(
+    args: argparse.Namespace,
+    with_profile: bool,
+    nodes: dict[str, Sequence[str]],
+    cameras: Sequence[str] = (),
+    outputs: str = "labels,overlay",
+    alternate: float = 0.0,
+    command=None,
+) -> dict:
+    """One ``seg_node`` process per entry of ``nodes`` (namespace -> extra ``-p`` parameters), all fed by one camera
+    process (``cameras``: names for a multi-camera node, () for one camera); the camera's JSON plus each node's
+    peak RSS and exit status."""
     env = ros_env(dds_profile=with_profile)
-    node_cmd = node_command(NAMESPACE, args.model, args.weights, args.resolution, args.backend, args.num_threads)
-    node_proc = subprocess.Popen(node_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs = {}
+    for ns, params in nodes.items():
+        extra = [*params, *([f"cameras:=[{','.join(cameras)}]"] if cameras else [])]
+        if command is not None:
+            cmd = command(ns, extra)
+        else:
+            cmd = node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
+        procs[ns] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     child_cmd = [sys.executable, "-m", "evit_ros.cli.measure_node", "--camera", *_forward(args)]
+    child_cmd += ["--namespaces", ",".join(nodes), "--outputs", outputs, "--alternate", str(alternate)]
+    child_cmd += ["--camera-names", ",".join(cameras)] if cameras else []
+    rss = {}
+    errors = ""
     try:
         out = subprocess.run(
             child_cmd,
@@ -142,18 +301,39 @@ def measure_config(args: argparse.Namespace, with_profile: bool) -> dict:
             env=env,
             capture_output=True,
             text=True,
-            timeout=args.startup_timeout + args.seconds + 120,
+            timeout=args.startup_timeout + len(nodes) * args.warmup + args.seconds + 120,
         )
+        rss = {ns: peak_rss_mib(proc.pid) for ns, proc in procs.items()}
     finally:
-        code = stop_process(node_proc)
-        node_err = node_proc.stderr.read() if node_proc.stderr else ""
+        codes = {ns: stop_process(proc) for ns, proc in procs.items()}
+        for proc in procs.values():
+            errors += proc.stderr.read() if proc.stderr else ""
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
-        return {"error": (out.stdout + out.stderr + node_err)[-2000:]}
+        return {"error": (out.stdout + out.stderr + errors)[-2000:]}
     result = json.loads(line[len("RESULT ") :])
     result["dds_profile"] = env.get("FASTDDS_DEFAULT_PROFILES_FILE", "none (Fast DDS defaults)")
-    result["node_exit_status"] = code
+    for ns, entry in result["nodes"].items():
+        entry["node_exit_status"] = codes[ns]
+        entry["node_peak_rss_mib"] = rss.get(ns)
     return result
+
+
+def measure_config(args: argparse.Namespace, with_profile: bool) -> dict:
+    """The single-camera node with one 1080p camera: the camera's result for that node."""
+    result = measure_nodes(args, with_profile, {NAMESPACE: ()})
+    if "error" in result:
+        return result
+    entry = result["nodes"][NAMESPACE]
+    return {
+        "published": entry["published"],
+        "publish_rate_hz": entry["publish_rate_hz"],
+        "warmup_s": result["warmup_s"],
+        **entry["cameras"][""],
+        "dds_profile": result["dds_profile"],
+        "node_exit_status": entry["node_exit_status"],
+        "node_peak_rss_mib": entry["node_peak_rss_mib"],
+    }
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
@@ -175,7 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     parser.add_argument("--skip-no-profile", action="store_true", help="measure with the shipped profile only")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--cameras", type=int, default=0, help="N > 0: measure one node serving N 1080p cameras (memory, batching)"
+    )
     parser.add_argument("--camera", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
+    parser.add_argument("--relay", default="", help=argparse.SUPPRESS)  # internal: the transport-floor relay
+    parser.add_argument("--alternate-s", type=float, default=10.0, help="--cameras: seconds per node in turn")
+    parser.add_argument("--camera-names", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--namespaces", default=NAMESPACE, help=argparse.SUPPRESS)
+    parser.add_argument("--outputs", default="labels,overlay", help=argparse.SUPPRESS)
+    parser.add_argument("--alternate", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -183,11 +372,93 @@ def _fmt(p: dict) -> str:
     return f"p50 {p['p50']} / p90 {p['p90']} / p99 {p['p99']} ms" if p["p50"] is not None else "no frames"
 
 
+def _rates(entry: dict) -> dict:
+    """Per-camera output rates of one multi-camera node (outputs / seconds it was fed), their sum and spread
+    ((max - min) / max)."""
+    fed = entry["fed_s"] or float("nan")
+    rates = {name: r["labels"]["frames_received"] / fed for name, r in entry["cameras"].items()}
+    top = max(rates.values())
+    return {
+        "per_camera_hz": {k: round(v, 2) for k, v in rates.items()},
+        "aggregate_hz": round(sum(rates.values()), 2),
+        "spread": round((top - min(rates.values())) / top, 3) if top else None,
+        "latency_ms": {k: r["labels"]["latency_ms"] for k, r in entry["cameras"].items()},
+    }
+
+
+def main_multi(args: argparse.Namespace) -> int:
+    count = args.cameras
+    names = camera_names(count)
+    print(f"{count} cameras, 1920x1080 bgr8 @ {args.rate} Hz each: {args.model} {args.resolution} {args.backend}")
+    print(f"in-process: {count} frames as one batch vs one at a time ...", flush=True)
+    batching = measure_batching(args, count, max(3, args.repeats // 4))
+    print(f"  {batching['describe']}")
+    print(f"  one batch of {count}: {_fmt(batching['batched_ms'])}")
+    print(f"  one at a time      : {_fmt(batching['one_at_a_time_ms'])}  -> batching speed-up {batching['speedup']}")
+    results = {"in_process_batching": batching, "camera": f"{WIDTH}x{HEIGHT} bgr8 @ {args.rate} Hz", "node": {}}
+
+    print("node, single camera (memory reference) ...", flush=True)
+    single = measure_nodes(args, True, {f"{NAMESPACE}/single": ()}, outputs="labels")
+    results["node"]["single_camera"] = single
+    single_rss = None
+    if "error" in single:
+        print(f"  failed: {single['error']}")
+    else:
+        entry = next(iter(single["nodes"].values()))
+        single_rss = entry["node_peak_rss_mib"]
+        lab = entry["cameras"][""]["labels"]
+        print(f"  peak RSS {single_rss} MiB; output {lab['output_fps']} FPS, latency {_fmt(lab['latency_ms'])}")
+
+    batched_ns, sequential_ns = f"{NAMESPACE}/batched", f"{NAMESPACE}/one_at_a_time"
+    print(f"node, {count} cameras: batched and one at a time, fed in turn for {args.alternate_s} s each ...",
+          flush=True)  # fmt: skip
+    multi = measure_nodes(
+        args, True, {batched_ns: (), sequential_ns: ("batch_size:=1",)}, names, "labels", args.alternate_s
+    )
+    results["node"]["multi_camera"] = multi
+    summary = {}
+    if "error" in multi:
+        print(f"  failed: {multi['error']}")
+    else:
+        for ns, label in ((batched_ns, "batched"), (sequential_ns, "one at a time")):
+            entry = multi["nodes"][ns]
+            entry["rates"] = rates = _rates(entry)
+            print(
+                f"  {label}: peak RSS {entry['node_peak_rss_mib']} MiB; fed {entry['fed_s']} s; aggregate output "
+                f"{rates['aggregate_hz']} Hz; per camera {rates['per_camera_hz']}; spread {rates['spread']}"
+            )
+        batched, sequential = multi["nodes"][batched_ns], multi["nodes"][sequential_ns]
+        if single_rss and batched["node_peak_rss_mib"]:
+            summary["rss_ratio_batched"] = round(batched["node_peak_rss_mib"] / single_rss, 3)
+        if single_rss and sequential["node_peak_rss_mib"]:
+            summary["rss_ratio_one_at_a_time"] = round(sequential["node_peak_rss_mib"] / single_rss, 3)
+        if sequential["rates"]["aggregate_hz"]:
+            summary["aggregate_rate_ratio_batched_vs_one_at_a_time"] = round(
+                batched["rates"]["aggregate_hz"] / sequential["rates"]["aggregate_hz"], 3
+            )
+        summary["spread_batched"] = batched["rates"]["spread"]
+        summary["spread_one_at_a_time"] = sequential["rates"]["spread"]
+    results["summary"] = summary
+    print("summary:")
+    for key, goal in (("rss_ratio_batched", " (goal <= 1.3)"), ("rss_ratio_one_at_a_time", " (goal <= 1.3)"),
+                      ("aggregate_rate_ratio_batched_vs_one_at_a_time", ""), ("spread_batched", " (goal <= 0.10)"),
+                      ("spread_one_at_a_time", " (goal <= 0.10)")):  # fmt: skip
+        if key in summary:
+            print(f"  {key}: {summary[key]}{goal}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.camera:
         return run_camera(args)
+    if args.relay:
+        return run_relay(args.relay)
     args.weights = args.weights or default_weights()
+    if args.cameras > 0:
+        return main_multi(args)
     print(f"backend only: {args.model} {args.resolution} {args.backend}, 1920x1080 input ...", flush=True)
     backend = measure_backend(args, args.repeats)
     print(f"  {backend['describe']}")
@@ -211,6 +482,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" ms, dropped {node['dropped_frames']} of {node['frames_in']} received",
             flush=True,
         )
+    print("transport floor: a relay that reads the frame and publishes labels, no segmentation ...", flush=True)
+    floor = measure_nodes(args, True, {f"{NAMESPACE}_relay": ()}, outputs="labels", command=relay_command)
+    floor_p50 = None
+    if "error" in floor:
+        print(f"  failed: {floor['error']}")
+    else:
+        floor_lab = next(iter(floor["nodes"].values()))["cameras"][""]["labels"]
+        floor_p50 = floor_lab["latency_ms"]["p50"]
+        print(f"  labels: {floor_lab['frames_received']} frames, latency {_fmt(floor_lab['latency_ms'])}")
+    results["transport_floor"] = floor
+    # The Segmenter again after the nodes: the overhead is judged against both runs pooled, so a load change on a
+    # shared machine during the run shows (before vs after) instead of silently biasing the figure.
+    print("backend only, again ...", flush=True)
+    after = measure_backend(args, args.repeats)
+    pooled = percentiles(backend["segment_samples_ms"] + after["segment_samples_ms"])
+    results["backend_only_after"] = after
+    results["segment_1080p_ms_pooled"] = pooled
+    print(f"  segment to 1920x1080: before p50 {backend['segment_1080p_ms']['p50']} ms, after p50 "
+          f"{after['segment_1080p_ms']['p50']} ms, pooled p50 {pooled['p50']} ms")  # fmt: skip
+    for name, r in results["node"].items():
+        if "error" not in r and r["labels"]["latency_ms"]["p50"] is not None:
+            overhead = round(r["labels"]["latency_ms"]["p50"] - pooled["p50"], 2)
+            r["node_overhead_ms"] = overhead
+            print(f"  node overhead ({name}): labels latency p50 - Segmenter frame->labels p50 = {overhead} ms"
+                  " (goal <= 10)")  # fmt: skip
+            if floor_p50 is not None and name == "shipped_profile":
+                r["node_overhead_beyond_transport_ms"] = round(overhead - floor_p50, 2)
+                print(f"    of which DDS + rclpy transport (relay p50) {floor_p50} ms; the node's own work "
+                      f"{r['node_overhead_beyond_transport_ms']} ms")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

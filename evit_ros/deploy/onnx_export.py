@@ -288,13 +288,18 @@ def onnx_cache_root(engine_cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def cached_onnx_name(
-    variant: Variant, resolution: tuple[int, int], checkpoint_sha256: str, precision: str = "fp32", batch_size: int = 1
+    variant: Variant,
+    resolution: tuple[int, int],
+    checkpoint_sha256: str,
+    precision: str = "fp32",
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
 ) -> str:
     h, w = resolution
     tag = "fp16s" if precision == "fp16-strong" else precision
+    batch = "bdyn" if dynamic_batch else f"b{batch_size}"
     return (
-        f"{variant.name}_{h}x{w}_b{batch_size}_{tag}_{checkpoint_sha256[:16]}"
-        f"_opset{ONNX_OPSET}_f{EXPORT_FORMAT_VERSION}.onnx"
+        f"{variant.name}_{h}x{w}_{batch}_{tag}_{checkpoint_sha256[:16]}_opset{ONNX_OPSET}_f{EXPORT_FORMAT_VERSION}.onnx"
     )
 
 
@@ -305,8 +310,11 @@ def ensure_onnx(
     cache_root: str | os.PathLike | None = None,
     precision: str = "fp32",
     batch_size: int = 1,
+    dynamic_batch: bool = False,
 ) -> Path:
     """The ONNX export of (variant, resolution, checkpoint sha256, precision, batch), exported once into the cache.
+
+    ``dynamic_batch`` exports a symbolic batch dimension instead of the fixed ``batch_size``.
 
     Only the checkpoint's sha256 is needed to find a cached file, so torch is imported only when
     exporting. Random weights are exported to a private temporary folder, never cached.
@@ -323,12 +331,16 @@ def ensure_onnx(
         tmpdir = tempfile.mkdtemp(prefix="evit_ros_random_onnx_")
         atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
         model, sha = load_model(variant, weights)
-        path = Path(tmpdir) / cached_onnx_name(variant, resolution, sha, precision, batch_size)
-        export_onnx(model, variant, resolution, path, precision=precision, checkpoint_sha256=sha, batch_size=batch_size)
+        path = Path(tmpdir) / cached_onnx_name(variant, resolution, sha, precision, batch_size, dynamic_batch)
+        export_onnx(
+            model, variant, resolution, path, precision=precision, checkpoint_sha256=sha, batch_size=batch_size,
+            dynamic_batch=dynamic_batch,
+        )  # fmt: skip
         return path
     checkpoint = resolve_checkpoint(variant, weights)
     sha = verify_checkpoint(checkpoint)
-    path = onnx_cache_root(cache_root) / cached_onnx_name(variant, resolution, sha, precision, batch_size)
+    name = cached_onnx_name(variant, resolution, sha, precision, batch_size, dynamic_batch)
+    path = onnx_cache_root(cache_root) / name
     if path.is_file():
         try:
             meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -340,5 +352,8 @@ def ensure_onnx(
             log.warning("cached ONNX %s is unreadable (%s); exporting again", path, exc)
     log.info("exporting %s %dx%d (%s) to %s", variant.name, *resolution, precision, path)
     model, sha = load_model(variant, checkpoint)
-    export_onnx(model, variant, resolution, path, precision=precision, checkpoint_sha256=sha, batch_size=batch_size)
+    export_onnx(
+        model, variant, resolution, path, precision=precision, checkpoint_sha256=sha, batch_size=batch_size,
+        dynamic_batch=dynamic_batch,
+    )  # fmt: skip
     return path

@@ -38,6 +38,7 @@ __all__ = [
     "decode_compressed",
     "decode_image",
     "encode_labels",
+    "image_view",
     "rgb_to_bgr",
 ]
 
@@ -138,11 +139,7 @@ def decode_image(
     channels, depth, code = _PACKED[encoding]
     if encoding in _YUV422 and width % 2:
         raise ValueError(f"{encoding} needs an even width (two pixels share chroma), got {width}")
-    row_bytes = width * channels * depth
-    if step < row_bytes:
-        raise ValueError(f"step {step} is smaller than one {encoding} row ({width} px x {channels * depth} B)")
-    if buf.size < step * height:
-        raise ValueError(f"{encoding} {width}x{height} with step {step} needs {step * height} bytes, got {buf.size}")
+    _check_rows(encoding, height, width, step, channels * depth, buf)
 
     if depth == 2:  # mono16 -> 8 bits: keep the high byte (value >> 8), whichever end of the word it is at
         high_byte = 0 if is_bigendian else 1
@@ -158,14 +155,46 @@ def decode_image(
     return _convert(view, code, encoding)
 
 
-def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+def _check_rows(encoding: str, height: int, width: int, step: int, pixel_bytes: int, buf: np.ndarray) -> None:
+    if step < width * pixel_bytes:
+        raise ValueError(f"step {step} is smaller than one {encoding} row ({width} px x {pixel_bytes} B)")
+    if buf.size < step * height:
+        raise ValueError(f"{encoding} {width}x{height} with step {step} needs {step * height} bytes, got {buf.size}")
+
+
+def image_view(
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: bytes | bytearray | memoryview | np.ndarray,
+    is_bigendian: int = 0,
+) -> tuple[np.ndarray, str]:
+    """``(image, order)``: an ``H x W x 3`` uint8 image and its channel order (``"rgb"`` or ``"bgr"``).
+
+    ``rgb8`` and ``bgr8`` are not copied: the image is a read-only view of ``data`` in the payload's own channel
+    order and row step, valid while ``data`` lives. Every other encoding is decoded as :func:`decode_image` does.
+    Raises ``ValueError`` as :func:`decode_image` does.
+    """
+    if encoding not in ("rgb8", "bgr8"):
+        return decode_image(encoding, height, width, step, data, is_bigendian), "rgb"
+    height, width, step = int(height), int(width), int(step)
+    _check_size(height, width)
+    buf = _as_bytes(data)
+    _check_rows(encoding, height, width, step, 3, buf)
+    return as_strided(buf, shape=(height, width, 3), strides=(step, 3, 1), writeable=False), encoding[:3]
+
+
+def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarray, order: str = "rgb") -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` payload (JPEG, PNG, ... anything cv2.imdecode reads) to RGB.
 
     ``fmt`` is the message's ``format`` field: ``"jpeg"``, ``"png"``, or image_transport's
     ``"<encoding>; <jpeg|png> compressed <encoding>"``. Whatever the original encoding, the compressed
     stream holds an ordinary image, which OpenCV decodes to BGR; this returns RGB. ``compressedDepth``
-    streams (16/32-bit depth with a custom header) are rejected.
+    streams (16/32-bit depth with a custom header) are rejected. ``order="bgr"`` returns OpenCV's BGR as is.
     """
+    if order not in ("rgb", "bgr"):
+        raise ValueError(f"order must be 'rgb' or 'bgr', got {order!r}")
     if "compresseddepth" in fmt.lower().replace(" ", ""):
         raise ValueError(f"compressedDepth images are not supported (format {fmt!r})")
     buf = _as_bytes(data)
@@ -178,11 +207,12 @@ def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarra
     if bgr is None or bgr.size == 0:
         raise ValueError(f"cannot decode compressed image ({fmt!r}, {buf.size} bytes): corrupt or unknown format")
     _check_size(bgr.shape[0], bgr.shape[1])
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return bgr if order == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def encode_labels(labels: np.ndarray) -> tuple[str, int, bytes]:
-    """A 2-D label map as ``(encoding, step, data)`` for a ``sensor_msgs/Image``.
+def encode_labels(labels: np.ndarray) -> tuple[str, int, np.ndarray]:
+    """A 2-D label map as ``(encoding, step, data)`` for a ``sensor_msgs/Image``; ``data`` is a flat uint8 array
+    (a view of ``labels`` when it is already packed: no copy).
 
     ``uint8`` -> ``"mono8"``; ``uint16`` -> ``"mono16"`` (little-endian, so ``is_bigendian = 0``).
     """
@@ -198,7 +228,7 @@ def encode_labels(labels: np.ndarray) -> tuple[str, int, bytes]:
     else:
         raise ValueError(f"labels must be uint8 or uint16, got {labels.dtype}")
     contiguous = np.ascontiguousarray(labels)
-    return encoding, contiguous.strides[0], contiguous.tobytes()
+    return encoding, contiguous.strides[0], contiguous.reshape(-1).view(np.uint8)
 
 
 def rgb_to_bgr(image: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,9 @@ class Segmenter:
     ``order`` states the channel order of the images you pass ("rgb" or "bgr"). Output labels
     are at the input image's size (``output_size=None``), a given (H, W), or the network's
     stride-1 resolution (``output_size="network"``).
+
+    ``batch_size`` > 1 lets :meth:`segment_batch` run up to that many images (of any sizes) in one
+    network call; :attr:`max_batch` is what the backend accepted (1 for a fixed-batch-1 ONNX file).
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class Segmenter:
         postprocess_mode: str = "exact",
         allow_random_weights: bool = False,
         backend_options: dict | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.variant = get_variant(model)
         if weights is not None and str(weights) == "random" and not allow_random_weights:
@@ -67,6 +72,7 @@ class Segmenter:
             device=device,
             num_threads=num_threads,
             engine_cache_dir=engine_cache_dir,
+            batch_size=int(batch_size),
             options=dict(backend_options or {}),
         )
         self.backend: Backend = create_backend(self.backend_name, config)
@@ -76,10 +82,37 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.variant.num_classes
 
+    @property
+    def max_batch(self) -> int:
+        """The most images one network call takes."""
+        return self.backend.config.batch_size
+
     def logits(self, image: np.ndarray, order: str = "rgb") -> np.ndarray:
         """C x H/8 x W/8 float32 logits for one HxWx3 uint8 image."""
-        batch = preprocess(image, self.resolution, order=order, out=self._input)
-        return self.backend.infer(batch)[0]
+        return self.logits_batch([image], [order])[0]
+
+    def logits_batch(self, images: Sequence[np.ndarray], orders: Sequence[str] | str = "rgb") -> np.ndarray:
+        """N x C x H/8 x W/8 float32 logits for N HxWx3 uint8 images of any sizes, ``max_batch`` per network call.
+
+        ``orders`` is one channel order for all images or one per image. A bad image raises ValueError before
+        the network runs.
+        """
+        n = len(images)
+        orders = [orders] * n if isinstance(orders, str) else list(orders)
+        if len(orders) != n:
+            raise ValueError(f"{n} images but {len(orders)} channel orders")
+        if n == 0:
+            raise ValueError("no images to segment")
+        step = self.max_batch
+        outputs = []
+        for start in range(0, n, step):
+            count = min(step, n - start)
+            for i in range(count):
+                preprocess(images[start + i], self.resolution, order=orders[start + i], out=self._input[i : i + 1])
+            # A static engine takes exactly max_batch frames: the rest of the buffer is padding.
+            batch = self._input[:count] if self.backend.dynamic_batch else self._input
+            outputs.append(self.backend.infer(batch)[:count])
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def segment(
         self,
@@ -89,15 +122,36 @@ class Segmenter:
         return_confidence: bool = False,
         return_logits: bool = False,
     ) -> Segmentation:
-        logits = self.logits(image, order)
+        return self.segment_batch([image], order, [output_size], return_confidence, return_logits)[0]
+
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        orders: Sequence[str] | str = "rgb",
+        output_sizes: Sequence[tuple[int, int] | str | None] | None = None,
+        return_confidence: bool = False,
+        return_logits: bool = False,
+    ) -> list[Segmentation]:
+        """:meth:`segment` for several images in batched network calls; each image keeps its own size, channel
+        order and output size (``output_sizes`` None: every image at its own size)."""
+        sizes = [None] * len(images) if output_sizes is None else list(output_sizes)
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sizes)} output sizes")
+        logits = self.logits_batch(images, orders)
+        results = []
+        for image, out, one in zip(images, sizes, logits, strict=True):
+            labels, conf = postprocess(one, self.output_size(image.shape[:2], out), self.postprocess_mode,
+                                       return_confidence)  # fmt: skip
+            results.append(Segmentation(labels, conf, one if return_logits else None))
+        return results
+
+    def output_size(self, image_size: tuple[int, int], output_size: tuple[int, int] | str | None) -> tuple[int, int]:
+        """(H, W) of the labels for an image of ``image_size`` given an ``output_size`` argument."""
         if output_size is None:
-            size = image.shape[:2]
-        elif output_size == "network":
-            size = self.resolution
-        else:
-            size = tuple(int(v) for v in output_size)
-        labels, conf = postprocess(logits, size, self.postprocess_mode, return_confidence)
-        return Segmentation(labels, conf, logits if return_logits else None)
+            return tuple(image_size)
+        if output_size == "network":
+            return tuple(self.resolution)
+        return tuple(int(v) for v in output_size)
 
     def describe(self) -> dict[str, str]:
         info = {"model": self.variant.name, "resolution": f"{self.resolution[0]}x{self.resolution[1]}"}

@@ -1,4 +1,4 @@
-"""sensor_msgs <-> numpy for the ROS layer: thin wrappers over :mod:`evit_ros.encodings`."""
+"""sensor_msgs <-> numpy for the ROS layer: thin wrappers over :mod:`evit_ros.io.encodings`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,18 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from evit_ros.io.encodings import decode_compressed, decode_image
+from evit_ros.io.encodings import decode_compressed, decode_image, encode_labels, image_view
 
-__all__ = ["OUTPUT_ENCODINGS", "compressed_to_rgb", "image_to_msg", "msg_to_rgb"]
+__all__ = [
+    "OUTPUT_ENCODINGS",
+    "array_to_msg",
+    "compressed_to_image",
+    "compressed_to_rgb",
+    "image_to_msg",
+    "labels_to_msg",
+    "msg_to_image",
+    "msg_to_rgb",
+]
 
 OUTPUT_ENCODINGS = ("rgb8", "bgr8", "mono8", "mono16")
 
@@ -36,22 +45,39 @@ def _pixels_for(image: np.ndarray, encoding: str) -> np.ndarray:
     raise ValueError(f"unsupported output encoding {encoding!r}; use one of {', '.join(OUTPUT_ENCODINGS)}")
 
 
+def array_to_msg(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """A ``sensor_msgs/Image`` whose bytes are those of ``pixels`` as laid out (packed rows, ``step`` from the
+    array), labelled ``encoding``; no channel conversion. One copy, straight into the message's buffer."""
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.ndim < 2 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"image is empty or not 2-D: shape {pixels.shape}")
+    return _message(header, pixels.shape[0], pixels.shape[1], encoding, pixels.strides[0], pixels.reshape(-1))
+
+
+def labels_to_msg(labels: np.ndarray, header: Header | None = None) -> Image:
+    """A label map as a mono8 / mono16 ``sensor_msgs/Image`` (see :func:`evit_ros.io.encodings.encode_labels`)."""
+    encoding, step, data = encode_labels(labels)
+    return _message(header, labels.shape[0], labels.shape[1], encoding, step, data)
+
+
+def _message(header: Header | None, height: int, width: int, encoding: str, step: int, data: np.ndarray) -> Image:
+    # rclpy keeps an array.array('B') as is; array.frombytes copies the numpy buffer once, with no bytes in between.
+    buf = array.array("B")
+    buf.frombytes(data.view(np.uint8))
+    msg = Image()
+    msg.header = header if header is not None else Header()
+    msg.height, msg.width = int(height), int(width)
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(step)
+    msg.data = buf
+    return msg
+
+
 def image_to_msg(image_rgb: np.ndarray, encoding: str = "bgr8", header: Header | None = None) -> Image:
     """A ``sensor_msgs/Image`` holding ``image_rgb`` (RGB uint8 ``H x W x 3``; or ``H x W`` uint8/uint16 for
     mono8/mono16) in ``encoding``, with a correct ``step`` and packed rows. ``header`` is used as given."""
-    pixels = _pixels_for(np.asarray(image_rgb), encoding)
-    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {pixels.shape}")
-    data = array.array("B")
-    data.frombytes(pixels.reshape(-1).view(np.uint8))  # one copy; array.array skips the per-element check
-    msg = Image()
-    msg.header = header if header is not None else Header()
-    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(pixels.strides[0])
-    msg.data = data
-    return msg
+    return array_to_msg(_pixels_for(np.asarray(image_rgb), encoding), encoding, header)
 
 
 def msg_to_rgb(msg: Image) -> np.ndarray:
@@ -59,6 +85,17 @@ def msg_to_rgb(msg: Image) -> np.ndarray:
     return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
 
 
+def msg_to_image(msg: Image) -> tuple[np.ndarray, str]:
+    """``(image, order)`` from a ``sensor_msgs/Image``: rgb8/bgr8 as a read-only view of ``msg.data`` (no copy;
+    valid while ``msg`` lives) in their own channel order, anything else decoded to RGB."""
+    return image_view(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+
+
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     """RGB uint8 ``H x W x 3`` from a ``sensor_msgs/CompressedImage`` (JPEG/PNG); ``ValueError`` if corrupt."""
     return decode_compressed(msg.format, msg.data)
+
+
+def compressed_to_image(msg: CompressedImage) -> tuple[np.ndarray, str]:
+    """``(image, "bgr")`` from a ``sensor_msgs/CompressedImage``: the decoder's own BGR, no channel swap."""
+    return decode_compressed(msg.format, msg.data, order="bgr"), "bgr"

@@ -2,6 +2,7 @@
 
     ros2 run evit_ros seg_node --ros-args -r image:=/camera/image_raw -p resolution:=512x1024
     python -m evit_ros.ros.seg_node --ros-args -p model:=b0-cityscapes -p backend:=torch
+    ros2 run evit_ros seg_node --ros-args -p "cameras:=[front, left, rear]"
 
 Topics (all relative, so a namespace or remapping places them):
 
@@ -15,10 +16,16 @@ Topics (all relative, so a namespace or remapping places them):
 Every output carries the input header unchanged. An output nobody subscribes to is not computed, and with no
 subscriber at all the network does not run.
 
+Several cameras (``cameras:=[front, left]``; empty = the single camera above): every topic above but
+``/diagnostics`` exists per camera under ``<camera>/`` (``front/image`` -> ``front/segmentation/labels``), one
+network serves them all, and ``/diagnostics`` has one status per camera plus one for the network.
+
 Real time: the input subscription keeps one message (depth ``qos_depth``, default 1); the callback only
-drops the message into a one-frame slot. A worker thread takes the newest frame and runs inference, so a
-camera faster than the network makes the node skip frames (counted as ``dropped``) instead of queueing them
-and falling behind.
+drops the message into its camera's one-frame slot. One worker thread takes the newest frame of every camera
+that has one, in round-robin order, up to ``batch_size`` of them, and runs them through the network as one
+batch; so a camera faster than the network makes the node skip frames (counted as ``dropped``) instead of
+queueing them and falling behind, and every camera gets its turn. rgb8/bgr8 frames are read in place from the
+message buffer and kept in their own channel order through pre-processing and the overlay.
 
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
 the model cannot be loaded (missing checkpoint, unavailable backend, ...).
@@ -27,6 +34,7 @@ the model cannot be loaded (missing checkpoint, unavailable backend, ...).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -45,7 +53,7 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -53,13 +61,24 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from evit_ros.io.encodings import encode_labels
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
-from evit_ros.ros.conversions import compressed_to_rgb, image_to_msg, msg_to_rgb
+from evit_ros.pipeline.processing import POSTPROCESS_MODES
+from evit_ros.ros.conversions import array_to_msg, compressed_to_image, image_to_msg, labels_to_msg, msg_to_image
+from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
+from evit_ros.runtime.base import BACKENDS, PRECISIONS
 from evit_ros.runtime.options import BACKEND_OPTIONS, normalise_options
 
-__all__ = ["CLASS_TABLE_FORMAT", "ConfigError", "FrameSlot", "SegNode", "class_table_json", "main", "scale_camera_info"]
+__all__ = [
+    "CLASS_TABLE_FORMAT",
+    "ConfigError",
+    "FrameSlot",
+    "SegNode",
+    "check_cameras",
+    "class_table_json",
+    "main",
+    "scale_camera_info",
+]
 
 CLASS_TABLE_FORMAT = "evit_ros/class_table/1"
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -67,12 +86,12 @@ ERROR_THROTTLE_S = 5.0
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "mask_resolution": ("input", "network"),
-    "postprocess_mode": ("exact", "fast"),
+    "postprocess_mode": POSTPROCESS_MODES,
     "confidence_encoding": ("32FC1", "mono8"),
     "qos_reliability": ("best_effort", "reliable"),
     "input_transport": ("raw", "compressed"),
-    "precision": ("fp32", "fp16", "int8"),
-    "backend": ("auto", "tensorrt", "torch", "onnxruntime"),
+    "precision": PRECISIONS,
+    "backend": BACKENDS,
 }
 
 RUNTIME_PARAMETERS = frozenset(
@@ -110,18 +129,25 @@ def _parameter_table() -> dict[str, _Param]:
             "", "checkpoint .pt / .onnx, or '' for the cache then the Hugging Face Hub ('random': smoke tests)", True
         ),
         "resolution": _Param("", "network input HxW, multiples of 32 ('' = the variant's evaluation size)", True),
-        "backend": _Param("auto", "auto | tensorrt | torch | onnxruntime", True),
-        "precision": _Param("fp32", "fp32 | fp16 | int8 (what the backend supports)", True),
-        "engine_cache_dir": _Param("", "where ONNX files / TensorRT engines are cached ('' = default cache)", True),
-        "device": _Param("", "cpu, cuda, cuda:N ('' = the backend's choice)", True),
-        "num_threads": _Param(0, "CPU threads for torch / ONNX Runtime (0 = library default)", True, (0, 256)),
+        "backend": _Param("auto", " | ".join(BACKENDS), True),
+        "precision": _Param("fp32", f"{' | '.join(PRECISIONS)} (what the backend supports)", True),
+        "engine_cache_dir": _Param(
+            "", "where ONNX files, TensorRT engines and OpenVINO models are cached ('' = default cache)", True
+        ),
+        "device": _Param("", "cpu, cuda, cuda:N; any OpenVINO device for openvino ('' = the backend's choice)", True),
+        "num_threads": _Param(
+            0, "CPU threads for torch / ONNX Runtime / OpenVINO (0 = library default)", True, (0, 256)
+        ),
         "build_only": _Param(False, "load the model, build the engine / ONNX file, then exit 0", True),
         "input_transport": _Param("raw", "raw: sensor_msgs/Image on 'image'; compressed: 'image/compressed'", True),
         "qos_reliability": _Param("best_effort", "input reliability: best_effort (REP-2003) | reliable", True),
         "qos_depth": _Param(1, "history depth of the input subscription and of the outputs", True, (1, 100)),
         "mask_resolution": _Param("input", "output size: input (the camera's) | network (the model's HxW)", False),
         "postprocess_mode": _Param(
-            "exact", "exact: bicubic logits upsampling then argmax (official); fast: argmax then nearest", False
+            "refined",
+            "refined: the official labels, computed only near class boundaries; exact: bicubic logits upsampling "
+            "then argmax (the official protocol); fast: argmax then nearest",
+            False,
         ),
         "overlay_alpha": _Param(0.5, "weight of the class colours in segmentation/overlay", False, None, (0.0, 1.0)),
         "publish_labels": _Param(True, "publish segmentation/labels", False),
@@ -129,11 +155,28 @@ def _parameter_table() -> dict[str, _Param]:
         "publish_overlay": _Param(True, "publish segmentation/overlay", False),
         "publish_confidence": _Param(False, "publish segmentation/confidence", False),
         "confidence_encoding": _Param("32FC1", "32FC1 (probability 0..1) | mono8 (round(255 * probability))", False),
+        "cameras": _Param(
+            [], "camera namespaces served by one network, e.g. [front, left] ([]: one camera on 'image')", True
+        ),
+        "batch_size": _Param(
+            0, "most frames per network call (0 = one per camera; 1 = cameras one after another)", True, (0, 64)
+        ),
+        "batch_wait_ms": _Param(
+            0.0, "longest wait for more cameras' frames to fill a batch (0 = never wait)", True, None, (0.0, 1000.0)
+        ),
     }
 
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}  # fmt: skip
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+          list: ParameterType.PARAMETER_STRING_ARRAY}  # fmt: skip
+# A ROS topic namespace relative to the node: tokens of letters, digits and '_', not starting with a digit.
+_CAMERA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _declared_value(spec: _Param):
+    # rclpy types a declared [] as a byte array: an empty string array is declared by its type.
+    return Parameter.Type.STRING_ARRAY if isinstance(spec.default, list) else spec.default
 
 
 def _descriptor(name: str, spec: _Param) -> ParameterDescriptor:
@@ -181,6 +224,20 @@ def check_choice(name: str, value: object) -> str | None:
     return None
 
 
+def check_cameras(names: Sequence[str]) -> str | None:
+    """The reason a ``cameras`` list is invalid, or None."""
+    for name in names:
+        if not _CAMERA_NAME.fullmatch(name):
+            return (
+                f"camera {name!r} is not a relative topic namespace (letters, digits, '_' and '/', e.g. front or "
+                "cam0/color; no leading '/', '~' or substitutions)"
+            )
+    duplicates = sorted({n for n in names if list(names).count(n) > 1})
+    if duplicates:
+        return f"cameras listed twice: {', '.join(duplicates)}"
+    return None
+
+
 def class_table_json(model: str, class_names: Sequence[str], palette: np.ndarray, label_encoding: str) -> str:
     """The class table published on ``segmentation/class_table`` (JSON, hence also valid YAML)."""
     variant = get_variant(model)
@@ -224,38 +281,6 @@ def scale_camera_info(info: CameraInfo, in_size: tuple[int, int], out_size: tupl
     return out
 
 
-class FrameSlot:
-    """A one-frame mailbox: ``put`` replaces an untaken frame (counted as dropped), ``take`` waits for one."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item = None
-        self.dropped = 0
-        self._closed = False
-
-    def put(self, item) -> bool:
-        """Store ``item``; True when it replaced a frame the worker never took."""
-        with self._cond:
-            replaced = self._item is not None
-            if replaced:
-                self.dropped += 1
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float):
-        with self._cond:
-            if self._item is None and not self._closed:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
 class _Stats:
     """Counters and a rolling window of timings, shared by the callbacks, the worker and diagnostics."""
 
@@ -280,8 +305,60 @@ class _Stats:
             return (self.frames_in - n_in) / dt, (self.frames_out - n_out) / dt
 
 
+class _NetworkStats:
+    """The shared network's batches, for the network status in /diagnostics."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches = 0
+        self.frames = 0
+        self.recent: deque[tuple[int, float]] = deque(maxlen=50)  # (frames, ms) of the latest batches
+
+    def add(self, frames: int, ms: float) -> None:
+        with self.lock:
+            self.batches += 1
+            self.frames += frames
+            self.recent.append((frames, ms))
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            recent = list(self.recent)
+            batches, frames = self.batches, self.frames
+        n = sum(f for f, _ in recent)
+        total_ms = sum(ms for _, ms in recent)
+        return {
+            "batches": batches,
+            "frames": frames,
+            "frames_per_batch": n / len(recent) if recent else float("nan"),
+            "batch_ms": total_ms / len(recent) if recent else float("nan"),
+            "frame_ms": total_ms / n if n else float("nan"),
+        }
+
+
 def _percentile(values, q: float) -> float:
     return float(np.percentile(np.fromiter(values, dtype=np.float64), q)) if values else float("nan")
+
+
+class _Camera:
+    """One camera's topics, latest-frame slot, counters and last camera_info."""
+
+    def __init__(self, name: str, slot: FrameSlot) -> None:
+        self.name = name  # '' for the single-camera node
+        self.slot = slot
+        self.stats = _Stats()
+        self.camera_info: CameraInfo | None = None
+
+    def topic(self, relative: str) -> str:
+        return f"{self.name}/{relative}" if self.name else relative
+
+
+@dataclass
+class _Job:
+    camera: _Camera
+    msg: object
+    image: np.ndarray
+    order: str
+    want: dict[str, bool]
 
 
 class SegNode(Node):
@@ -289,16 +366,23 @@ class SegNode(Node):
 
     def __init__(self, node_name: str = "seg_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.slots: RoundRobinSlots | None = None
+        self.segmenter = None
         self._specs = _parameter_table()
         try:
             for name, spec in self._specs.items():
-                self.declare_parameter(name, spec.default, _descriptor(name, spec))
+                self.declare_parameter(name, _declared_value(spec), _descriptor(name, spec))
         except ParameterException as exc:  # wrong type or out of range, from --ros-args / a params file
             raise ConfigError(str(exc)) from exc
-        p = {name: self.get_parameter(name).value for name in self._specs}
+        p = {name: self._parameter_value(name) for name in self._specs}
         self._validate_startup(p)
         self.build_only = bool(p["build_only"])
         backend_options = declare_backend_options(self)
+        names = list(p["cameras"])
+        self.multi_camera = bool(names)
+        batch_size = int(p["batch_size"]) or max(1, len(names))
 
         from evit_ros.pipeline.segmenter import Segmenter  # heavy: torch / onnxruntime
 
@@ -314,15 +398,18 @@ class SegNode(Node):
             engine_cache_dir=p["engine_cache_dir"] or None,
             allow_random_weights=weights == "random",
             backend_options=backend_options,
+            batch_size=batch_size,
         )
         self.info = self.segmenter.describe()
+        if self.multi_camera:
+            self.info["batch_size"] = str(self.segmenter.max_batch)
         self.get_logger().info("model ready: " + ", ".join(f"{k}={v}" for k, v in self.info.items()))
+        self.palette_bgr = np.ascontiguousarray(self.segmenter.palette[:, ::-1])
         self._runtime = {name: p[name] for name in RUNTIME_PARAMETERS}
-        self.stats = _Stats()
-        self.slot = FrameSlot()
-        self._stop = threading.Event()
-        self._camera_info: CameraInfo | None = None
-        self._worker: threading.Thread | None = None
+        self.batch_wait_s = float(p["batch_wait_ms"]) / 1e3
+        self.slots = RoundRobinSlots(max(1, len(names)))
+        self.cameras = [_Camera(name, slot) for name, slot in zip(names or [""], self.slots.slots, strict=True)]
+        self.network = _NetworkStats()
         if self.build_only:
             return
 
@@ -336,35 +423,56 @@ class SegNode(Node):
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
         )
         self.compressed = p["input_transport"] == "compressed"
-        self.pub_labels = self.create_publisher(Image, "segmentation/labels", out_qos)
-        self.pub_color = self.create_publisher(Image, "segmentation/color", out_qos)
-        self.pub_overlay = self.create_publisher(Image, "segmentation/overlay", out_qos)
-        self.pub_confidence = self.create_publisher(Image, "segmentation/confidence", out_qos)
-        self.pub_info = self.create_publisher(CameraInfo, "segmentation/camera_info", out_qos)
-        self.pub_table = self.create_publisher(String, "segmentation/class_table", latched)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
         label_encoding = "mono8" if processing.label_dtype(self.segmenter.num_classes) == np.uint8 else "mono16"
-        self.pub_table.publish(
-            String(
-                data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, label_encoding)
-            )
+        table = String(
+            data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, label_encoding)
         )
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for cam in self.cameras:
+            cam.pub_labels = self.create_publisher(Image, cam.topic("segmentation/labels"), out_qos)
+            cam.pub_color = self.create_publisher(Image, cam.topic("segmentation/color"), out_qos)
+            cam.pub_overlay = self.create_publisher(Image, cam.topic("segmentation/overlay"), out_qos)
+            cam.pub_confidence = self.create_publisher(Image, cam.topic("segmentation/confidence"), out_qos)
+            cam.pub_info = self.create_publisher(CameraInfo, cam.topic("segmentation/camera_info"), out_qos)
+            cam.pub_table = self.create_publisher(String, cam.topic("segmentation/class_table"), latched)
+            cam.pub_table.publish(table)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        if self.compressed:
-            self.sub_image = self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos)
-        else:
-            self.sub_image = self.create_subscription(Image, "image", self._on_image, in_qos)
-        self.sub_info = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos)
+        for cam in self.cameras:
+            if self.compressed:
+                cam.sub_image = self.create_subscription(
+                    CompressedImage, cam.topic("image/compressed"), self._image_callback(cam), in_qos
+                )
+            else:
+                cam.sub_image = self.create_subscription(Image, cam.topic("image"), self._image_callback(cam), in_qos)
+            cam.sub_info = self.create_subscription(
+                CameraInfo, cam.topic("camera_info"), self._info_callback(cam), in_qos
+            )
+        # The single camera's objects under their historical names.
+        first = self.cameras[0]
+        self.slot, self.stats, self.sub_image = first.slot, first.stats, first.sub_image
+        self.pub_labels, self.pub_color, self.pub_overlay = first.pub_labels, first.pub_color, first.pub_overlay
+        self.pub_confidence, self.pub_info, self.pub_table = first.pub_confidence, first.pub_info, first.pub_table
         self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
         self._worker.start()
+        topics = ", ".join(f"'{cam.sub_image.topic_name}'" for cam in self.cameras)
         self.get_logger().info(
-            f"segmenting '{self.sub_image.topic_name}' ({p['input_transport']}, {p['qos_reliability']}, depth {depth})"
+            f"segmenting {topics} ({p['input_transport']}, {p['qos_reliability']}, depth {depth}"
+            + (f", batches of up to {self.segmenter.max_batch})" if self.multi_camera else ")")
         )
 
+    @property
+    def _camera_info(self) -> CameraInfo | None:
+        return self.cameras[0].camera_info
+
     # ---------------------------------------------------------------- parameters
+    def _parameter_value(self, name: str):
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # an empty list in a params file has no type: 'cameras: []'
+            return self._specs[name].default
+
     def _validate_startup(self, p: dict) -> None:
         for name, value in p.items():
             reason = check_choice(name, value)
@@ -376,6 +484,9 @@ class SegNode(Node):
                 parse_resolution(p["resolution"])
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        reason = check_cameras(p["cameras"])
+        if reason:
+            raise ConfigError(reason)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         updates = {}
@@ -395,102 +506,135 @@ class SegNode(Node):
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------- callbacks
-    def _on_image(self, msg) -> None:
-        with self.stats.lock:
-            self.stats.frames_in += 1
-        self.slot.put(msg)
+    def _image_callback(self, cam: _Camera):
+        def on_image(msg) -> None:
+            with cam.stats.lock:
+                cam.stats.frames_in += 1
+            cam.slot.put(msg)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        return on_image
+
+    def _info_callback(self, cam: _Camera):
+        def on_camera_info(msg: CameraInfo) -> None:
+            cam.camera_info = msg
+
+        return on_camera_info
 
     # ---------------------------------------------------------------- worker
     def _work(self) -> None:
         while not self._stop.is_set():
-            msg = self.slot.take(timeout=0.1)
-            if msg is None:
+            taken = self.slots.take(self.segmenter.max_batch, self.batch_wait_s, timeout=0.1)
+            if not taken:
                 continue
             try:
-                self._process(msg)
-            except ValueError as exc:  # bad input frame
-                self._bad_frame(str(exc))
-            except Exception as exc:  # noqa: BLE001 - the node must survive one bad frame
+                self._process([(self.cameras[i], msg) for i, msg in taken])
+            except Exception as exc:  # noqa: BLE001 - the node must survive a failed network call
                 if self._stop.is_set() or not self.context.ok():
                     break
-                self._bad_frame(f"{type(exc).__name__}: {exc}")
+                for i, _ in taken:
+                    self._bad_frame(self.cameras[i], f"{type(exc).__name__}: {exc}")
 
-    def _bad_frame(self, reason: str) -> None:
-        with self.stats.lock:
-            self.stats.bad += 1
-            self.stats.last_error = reason
-        self.get_logger().error(f"skipping input frame: {reason}", throttle_duration_sec=ERROR_THROTTLE_S)
+    def _bad_frame(self, cam: _Camera, reason: str) -> None:
+        with cam.stats.lock:
+            cam.stats.bad += 1
+            cam.stats.last_error = reason
+        where = f" from camera '{cam.name}'" if cam.name else ""
+        self.get_logger().error(f"skipping input frame{where}: {reason}", throttle_duration_sec=ERROR_THROTTLE_S)
 
-    def _process(self, msg) -> None:
+    def _wanted(self, cam: _Camera, rt: dict) -> dict[str, bool]:
+        return {
+            "labels": rt["publish_labels"] and cam.pub_labels.get_subscription_count() > 0,
+            "color": rt["publish_color"] and cam.pub_color.get_subscription_count() > 0,
+            "overlay": rt["publish_overlay"] and cam.pub_overlay.get_subscription_count() > 0,
+            "confidence": rt["publish_confidence"] and cam.pub_confidence.get_subscription_count() > 0,
+            "camera_info": cam.camera_info is not None and cam.pub_info.get_subscription_count() > 0,
+        }
+
+    def _process(self, frames: list[tuple[_Camera, object]]) -> None:
+        """Decode every frame (a bad one is counted for its camera and left out), run the good ones through the
+        network together, then post-process and publish each camera's outputs."""
         rt = dict(self._runtime)
-        want_labels = rt["publish_labels"] and self.pub_labels.get_subscription_count() > 0
-        want_color = rt["publish_color"] and self.pub_color.get_subscription_count() > 0
-        want_overlay = rt["publish_overlay"] and self.pub_overlay.get_subscription_count() > 0
-        want_conf = rt["publish_confidence"] and self.pub_confidence.get_subscription_count() > 0
-        want_info = self._camera_info is not None and self.pub_info.get_subscription_count() > 0
-        if not (want_labels or want_color or want_overlay or want_conf or want_info):
-            with self.stats.lock:
-                self.stats.idle += 1
+        jobs = []
+        for cam, msg in frames:
+            want = self._wanted(cam, rt)
+            if not any(want.values()):
+                with cam.stats.lock:
+                    cam.stats.idle += 1
+                continue
+            try:
+                image, order = compressed_to_image(msg) if self.compressed else msg_to_image(msg)
+                processing.check_image(image)
+            except ValueError as exc:
+                self._bad_frame(cam, str(exc))
+                continue
+            jobs.append(_Job(cam, msg, image, order, want))
+        if not jobs:
             return
+        t0 = time.perf_counter()
+        logits = self.segmenter.logits_batch([job.image for job in jobs], [job.order for job in jobs])
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        self.network.add(len(jobs), infer_ms)
+        for job, one in zip(jobs, logits, strict=True):
+            try:
+                self._publish(job, one, rt, infer_ms)
+            except Exception as exc:  # noqa: BLE001 - one camera's failure must not cost the others their outputs
+                if self._stop.is_set() or not self.context.ok():
+                    raise
+                self._bad_frame(job.camera, f"{type(exc).__name__}: {exc}")
 
-        image = compressed_to_rgb(msg) if self.compressed else msg_to_rgb(msg)
-        header = msg.header
+    def _publish(self, job: _Job, logits: np.ndarray, rt: dict, infer_ms: float) -> None:
+        cam, want, image, header = job.camera, job.want, job.image, job.msg.header
         in_size = image.shape[:2]
         out_size = tuple(self.segmenter.resolution) if rt["mask_resolution"] == "network" else in_size
-
-        t0 = time.perf_counter()
-        logits = self.segmenter.logits(image)
-        infer_ms = (time.perf_counter() - t0) * 1e3
         finite = bool(np.isfinite(logits).all())
-        labels, conf = processing.postprocess(logits, out_size, rt["postprocess_mode"], want_conf)
+        labels, conf = processing.postprocess(logits, out_size, rt["postprocess_mode"], want["confidence"])
 
-        if want_labels:
-            encoding, step, data = encode_labels(labels)
-            self.pub_labels.publish(_raw_image(header, labels.shape, encoding, step, data))
-        if want_color:
-            self.pub_color.publish(image_to_msg(processing.colorize(labels, self.segmenter.palette), "rgb8", header))
-        if want_overlay:
+        if want["labels"]:
+            cam.pub_labels.publish(labels_to_msg(labels, header))
+        if want["color"]:
+            cam.pub_color.publish(array_to_msg(processing.colorize(labels, self.segmenter.palette), "rgb8", header))
+        if want["overlay"]:
+            # Blended in the camera's own channel order: bgr8 input needs no swap on the way in or out.
             base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
-            blended = processing.overlay(base, labels, self.segmenter.palette, float(rt["overlay_alpha"]))
-            self.pub_overlay.publish(image_to_msg(blended, "bgr8", header))
-        if want_conf:
+            palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
+            blended = processing.overlay(base, labels, palette, float(rt["overlay_alpha"]))
+            cam.pub_overlay.publish(
+                array_to_msg(blended, "bgr8", header) if job.order == "bgr" else image_to_msg(blended, "bgr8", header)
+            )
+        if want["confidence"]:
             if rt["confidence_encoding"] == "mono8":
                 conf8 = np.clip(np.rint(np.nan_to_num(conf) * 255.0), 0, 255).astype(np.uint8)
-                self.pub_confidence.publish(_raw_image(header, conf8.shape, "mono8", conf8.strides[0], conf8.tobytes()))
+                cam.pub_confidence.publish(array_to_msg(conf8, "mono8", header))
             else:
-                conf32 = np.ascontiguousarray(conf, dtype="<f4")
-                self.pub_confidence.publish(
-                    _raw_image(header, conf32.shape, "32FC1", conf32.strides[0], conf32.tobytes())
-                )
-        if want_info:
-            self.pub_info.publish(scale_camera_info(self._camera_info, in_size, out_size, header))
+                cam.pub_confidence.publish(array_to_msg(np.asarray(conf, dtype="<f4"), "32FC1", header))
+        if want["camera_info"]:
+            cam.pub_info.publish(scale_camera_info(cam.camera_info, in_size, out_size, header))
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        with self.stats.lock:
-            self.stats.frames_out += 1
-            self.stats.infer_ms.append(infer_ms)
+        with cam.stats.lock:
+            cam.stats.frames_out += 1
+            cam.stats.infer_ms.append(infer_ms)
             if not finite:
-                self.stats.nan += 1
+                cam.stats.nan += 1
             if stamp_ns > 0:
-                self.stats.latency_ms.append((now_ns - stamp_ns) / 1e6)
+                cam.stats.latency_ms.append((now_ns - stamp_ns) / 1e6)
         if not finite:
             self.get_logger().warn("network output has NaN/Inf values", throttle_duration_sec=ERROR_THROTTLE_S)
 
     # ---------------------------------------------------------------- diagnostics
-    def diagnostics_status(self) -> DiagnosticStatus:
-        rate_in, rate_out = self.stats.rates()
-        s = self.stats
+    def diagnostics_status(self, cam: _Camera | None = None) -> DiagnosticStatus:
+        """The status of one camera (default: the first); with one camera it also carries the network's facts."""
+        cam = cam if cam is not None else self.cameras[0]
+        rate_in, rate_out = cam.stats.rates()
+        s = cam.stats
         with s.lock:
             infer = list(s.infer_ms)[-30:]
             latency = list(s.latency_ms)[-30:]
             counters = {
                 "frames_in": s.frames_in,
                 "frames_out": s.frames_out,
-                "dropped_frames": self.slot.dropped,
+                "dropped_frames": cam.slot.dropped,
                 "bad_frames": s.bad,
                 "nan_frames": s.nan,
                 "idle_frames": s.idle,
@@ -504,10 +648,16 @@ class SegNode(Node):
             "latency_ms": f"{np.mean(latency):.2f}" if latency else "nan",
             "latency_ms_p90": f"{_percentile(latency, 90):.2f}" if latency else "nan",
             **{k: str(v) for k, v in counters.items()},
-            **{k: str(v) for k, v in self.info.items()},
-            "last_error": last_error,
         }
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation")
+        fqn = self.get_fully_qualified_name()
+        if self.multi_camera:
+            status = DiagnosticStatus(name=f"{fqn}: camera {cam.name}")
+            values["camera"] = cam.name
+            values["image_topic"] = cam.sub_image.topic_name
+        else:
+            status = DiagnosticStatus(name=f"{fqn}: segmentation")
+            values.update(self.info)
+        values["last_error"] = last_error
         status.hardware_id = f"{self.info.get('backend', '')}/{self.info.get('device', '')}"
         status.level, status.message = DiagnosticStatus.OK, "ok"
         if counters["nan_frames"]:
@@ -519,39 +669,48 @@ class SegNode(Node):
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return status
 
+    def network_status(self) -> DiagnosticStatus:
+        """The shared network: batches run, frames per batch, time per batch and per frame, backend facts."""
+        snap = self.network.snapshot()
+        values = {
+            "cameras": str(len(self.cameras)),
+            "batches": str(snap["batches"]),
+            "frames": str(snap["frames"]),
+            "frames_per_batch": f"{snap['frames_per_batch']:.2f}",
+            "batch_ms": f"{snap['batch_ms']:.2f}",
+            "frame_ms": f"{snap['frame_ms']:.2f}",
+            "batch_wait_ms": f"{self.batch_wait_s * 1e3:.1f}",
+            **self.info,
+        }
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: network")
+        status.hardware_id = f"{self.info.get('backend', '')}/{self.info.get('device', '')}"
+        status.level, status.message = DiagnosticStatus.OK, "ok"
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
+
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [self.diagnostics_status()]
+        if self.multi_camera:
+            array.status = [*(self.diagnostics_status(cam) for cam in self.cameras), self.network_status()]
+        else:
+            array.status = [self.diagnostics_status()]
         self.pub_diag.publish(array)
 
     # ---------------------------------------------------------------- shutdown
     def stop(self, timeout: float = 1.5) -> None:
-        """Stop the worker thread (waits for the frame in progress, at most ``timeout`` s)."""
+        """Stop the worker thread (waits for the frames in progress, at most ``timeout`` s)."""
         self._stop.set()
-        self.slot.close()
+        if self.slots is not None:
+            self.slots.close()
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout)
 
     def destroy_node(self) -> None:
         self.stop()
         super().destroy_node()
-        self.segmenter.close()
-
-
-def _raw_image(header, shape: tuple[int, ...], encoding: str, step: int, data: bytes) -> Image:
-    import array
-
-    msg = Image()
-    msg.header = header
-    msg.height, msg.width = int(shape[0]), int(shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(step)
-    buf = array.array("B")
-    buf.frombytes(data)
-    msg.data = buf
-    return msg
+        if self.segmenter is not None:
+            self.segmenter.close()
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -22,18 +22,25 @@ class BackendConfig:
     device: str | None = None  # "cpu", "cuda", "cuda:1"; openvino: CPU, GPU, NPU, AUTO; None picks
     num_threads: int | None = None
     engine_cache_dir: str | None = None
-    batch_size: int = 1
+    batch_size: int = 1  # the most frames one infer() call takes
     options: dict = field(default_factory=dict)  # backend-specific extras (cuda_graphs, dla_core, ...)
 
 
 class Backend(ABC):
-    """Maps a normalised N x 3 x H x W float32 batch to N x C x H/8 x W/8 float32 logits."""
+    """Maps a normalised N x 3 x H x W float32 batch to N x C x H/8 x W/8 float32 logits.
+
+    ``dynamic_batch`` False (a static engine or graph) means infer() takes exactly ``config.batch_size`` frames,
+    so callers pad a partial batch; True means any N from 1 to ``config.batch_size``.
+    """
 
     name: str = "base"
 
     def __init__(self, config: BackendConfig) -> None:
+        if config.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
         self.config = config
         self.checkpoint_sha256: str = ""
+        self.dynamic_batch = False
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

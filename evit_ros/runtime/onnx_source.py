@@ -29,8 +29,15 @@ def logits_onnx(
     else:
         from evit_ros.deploy.onnx_export import ensure_onnx
 
+        # Batches of several cameras are often partial: a symbolic batch runs 1..N frames without padding.
         path = ensure_onnx(
-            variant.name, config.weights, config.resolution, config.engine_cache_dir, "fp32", config.batch_size
+            variant.name,
+            config.weights,
+            config.resolution,
+            config.engine_cache_dir,
+            "fp32",
+            config.batch_size,
+            dynamic_batch=config.batch_size > 1,
         )
     if read_metadata is None:
         from evit_ros.deploy.onnx_graph import metadata, require_logits

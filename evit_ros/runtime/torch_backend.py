@@ -40,6 +40,7 @@ class TorchBackend(Backend):
         self._graph = None
         if self.device.type == "cuda" and option(config.options, "cuda_graphs"):
             self._capture_graph()
+        self.dynamic_batch = self._graph is None  # a captured graph has the one input shape it was captured with
 
     def _capture_graph(self) -> None:
         # Fixed input shape: a captured CUDA graph removes per-layer launch overhead, which
