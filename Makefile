@@ -15,7 +15,7 @@ $(STAMP): setup.py requirements-dev.txt
 	$(PY) -m pip install -q --upgrade pip "setuptools<80" wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q -e ".[torch,onnx,openvino,eval,hub]"
+	$(PY) -m pip install -q -e ".[torch,onnx,openvino,eval,ray,hub]"
 	touch $(STAMP)
 
 demo: $(STAMP)

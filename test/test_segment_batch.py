@@ -64,6 +64,15 @@ def test_onnxruntime_dynamic_batch(b0_checkpoint, single, images):
     _check_against_single(seg, single, *images, exact=False)
 
 
+def test_openvino_dynamic_batch(b0_checkpoint, single, images):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    seg = Segmenter("b0-cityscapes", b0_checkpoint, RESOLUTION, backend="openvino", num_threads=1, batch_size=3)
+    assert seg.max_batch == 3 and seg.backend.dynamic_batch
+    _check_against_single(seg, single, *images, exact=False)
+    one = seg.logits_batch(images[0][:1], images[1][:1])  # a partial batch runs as it is
+    assert one.shape[0] == 1
+
+
 def test_fixed_batch_onnx_is_padded_and_chunked(b0_checkpoint, single, images, tmp_path):
     """An ONNX file with a fixed batch of 2: three images run as 2 + (1 padded to 2), the file's batch wins."""
     pytest.importorskip("onnxruntime")

@@ -87,6 +87,7 @@ class OpenVINOBackend(Backend):
         self.cache_dir = openvino_cache_root(config.engine_cache_dir) / _file_sha256(self.onnx_path)[:16]
         self.compiled = self._compile(config.precision)
         shape = self.compiled.input(0).get_partial_shape()
+        self.dynamic_batch = shape[0].is_dynamic  # several cameras: 1..batch_size frames without padding
         if shape.is_static:
             n, _, h, w = (int(d) for d in shape.to_shape())
             if (h, w) != tuple(config.resolution):
