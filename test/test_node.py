@@ -29,9 +29,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from evit_ros.ros.conversions import image_to_msg
-from evit_ros.ros.seg_node import SegNode
+from evit_ros.ros.seg_node import SegNode, _parameter_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+NODE_POSTPROCESS = _parameter_table()["postprocess_mode"].default  # what the node runs unless told
 RESOLUTION = "256x512"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -167,7 +168,9 @@ def reference(b0_checkpoint):
     """An independent Segmenter with the node's parameters."""
     from evit_ros.pipeline.segmenter import Segmenter
 
-    seg = Segmenter("b0-cityscapes", b0_checkpoint, RESOLUTION, backend="torch", num_threads=1)
+    seg = Segmenter(
+        "b0-cityscapes", b0_checkpoint, RESOLUTION, backend="torch", num_threads=1, postprocess_mode=NODE_POSTPROCESS
+    )
     yield seg
     seg.close()
 

@@ -10,14 +10,19 @@ from evit_ros.runtime.options import normalise_options
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendConfig", "create_backend", "resolve_backend_name"]
 
 
-def _tensorrt_usable() -> bool:
-    if importlib.util.find_spec("tensorrt") is None:
+def _importable(module: str) -> bool:
+    """Installed and importable: a stub package (PyPI's tensorrt without NVIDIA's index) raises on import."""
+    if importlib.util.find_spec(module) is None:
         return False
     try:
-        import tensorrt  # noqa: F401
+        importlib.import_module(module)
     except Exception:
         return False
-    return _cuda_usable()
+    return True
+
+
+def _tensorrt_usable() -> bool:
+    return _importable("tensorrt") and _cuda_usable()
 
 
 def _cuda_usable() -> bool:
@@ -29,13 +34,7 @@ def _cuda_usable() -> bool:
 
 
 def _openvino_usable() -> bool:
-    if importlib.util.find_spec("openvino") is None:
-        return False
-    try:
-        import openvino  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return _importable("openvino")
 
 
 def resolve_backend_name(name: str) -> str:
