@@ -414,3 +414,9 @@ def play(
         executor.shutdown()
         context.try_shutdown()
     return status
+
+
+if __name__ == "__main__":  # `python -m evit_ros.ros.play`, the older name of `evit-ros play` / `evit_play`
+    import runpy
+
+    runpy.run_module("evit_ros.cli.play", run_name="__main__", alter_sys=True)
