@@ -134,3 +134,14 @@ def test_bench_requires_weights(capsys) -> None:
 
     assert main(["bench", "--model", "b0-cityscapes", "--resolution", "64x128", "--backend", "onnxruntime"]) == 2
     assert "--weights is required" in capsys.readouterr().err
+
+
+def test_batching_pays_only_on_gpu_backends() -> None:
+    from evit_ros.runtime import batching_pays
+
+    assert not batching_pays("onnxruntime") and not batching_pays("openvino")
+    assert not batching_pays("torch", "cpu")
+    assert batching_pays("tensorrt")  # a GPU backend by definition; the name alone decides
+    import torch
+
+    assert batching_pays("torch", "cuda") == torch.cuda.is_available()

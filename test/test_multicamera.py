@@ -207,8 +207,8 @@ def _assert_fair(delta: dict[str, int], names, node: SegNode) -> None:
 
 @pytest.fixture(scope="module")
 def multi(graph, b0_checkpoint) -> SegNode:
-    """Three cameras, batches of up to three (the default: one per camera)."""
-    return graph.add_node("/multi", b0_checkpoint, cameras=["front", "left", "cam0/color"])
+    """Three cameras, batches of up to three (asked for: on the CPU the default runs them one after another)."""
+    return graph.add_node("/multi", b0_checkpoint, cameras=["front", "left", "cam0/color"], batch_size=3)
 
 
 def test_three_cameras_get_their_own_outputs_headers_and_labels(graph, multi, reference, frames_bgr):
@@ -267,8 +267,9 @@ def test_batched_cameras_are_served_fairly_under_overload(graph, multi, frames_b
 
 
 def test_one_after_another_is_round_robin_fair_under_overload(graph, b0_checkpoint, frames_bgr):
-    node = graph.add_node("/rr", b0_checkpoint, cameras=["front", "left", "cam0/color"], batch_size=1)
-    assert node.segmenter.max_batch == 1
+    # batch_size left at 0 (auto): a CPU backend runs the cameras one after another
+    node = graph.add_node("/rr", b0_checkpoint, cameras=["front", "left", "cam0/color"])
+    assert node.get_parameter("batch_size").value == 0 and node.segmenter.max_batch == 1
     msgs = _camera_messages(frames_bgr)
     pubs = {name: graph.publisher(f"/rr/{name}/image") for name in msgs}
     for name in msgs:
@@ -288,7 +289,7 @@ def _statuses(graph: Graph, since: float) -> dict[str, DiagnosticStatus]:
 
 def test_silent_and_malformed_cameras_do_not_stop_the_others(graph, b0_checkpoint, frames_bgr):
     names = ["good", "silent", "broken", "other"]
-    node = graph.add_node("/mixed", b0_checkpoint, cameras=names, batch_wait_ms=200.0)
+    node = graph.add_node("/mixed", b0_checkpoint, cameras=names, batch_size=4, batch_wait_ms=200.0)
     msgs = _camera_messages(frames_bgr)
     good = {"good": msgs["front"], "other": msgs["left"]}
     broken = image_to_msg(cv2.cvtColor(frames_bgr[0], cv2.COLOR_BGR2RGB), "bgr8")

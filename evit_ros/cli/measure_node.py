@@ -52,6 +52,7 @@ from evit_ros.cli.demo import (
     stop_process,
 )
 from evit_ros.network.variants import DEFAULT_MODEL
+from evit_ros.pipeline.processing import POSTPROCESS_MODES
 
 NAMESPACE = "/measure"
 WIDTH, HEIGHT = 1920, 1080
@@ -79,7 +80,12 @@ def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
     from evit_ros.pipeline.segmenter import Segmenter
 
     seg = Segmenter(
-        args.model, args.weights, args.resolution, backend=args.backend, num_threads=args.num_threads or None
+        args.model,
+        args.weights,
+        args.resolution,
+        backend=args.backend,
+        num_threads=args.num_threads or None,
+        postprocess_mode=args.postprocess,  # the node's, so the overhead compares like with like
     )
     frame = camera_frame_bgr()
     for _ in range(2):
@@ -283,7 +289,11 @@ def measure_nodes(
     env = ros_env(dds_profile=with_profile)
     procs = {}
     for ns, params in nodes.items():
-        extra = [*params, *([f"cameras:=[{','.join(cameras)}]"] if cameras else [])]
+        extra = [
+            f"postprocess_mode:={args.postprocess}",
+            *params,
+            *([f"cameras:=[{','.join(cameras)}]"] if cameras else []),
+        ]
         if command is not None:
             cmd = command(ns, extra)
         else:
@@ -353,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds of frames before measuring")
     parser.add_argument("--repeats", type=int, default=20, help="backend-only iterations")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--postprocess",
+        default="refined",
+        choices=POSTPROCESS_MODES,
+        help="post-processing mode of the node and of the Segmenter it is compared with (default: the node's)",
+    )
     parser.add_argument("--skip-no-profile", action="store_true", help="measure with the shipped profile only")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
@@ -463,7 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = measure_backend(args, args.repeats)
     print(f"  {backend['describe']}")
     print(f"  logits (preprocess + network): {_fmt(backend['logits_ms'])}")
-    print(f"  segment to 1920x1080 (+ bicubic upsampling, argmax): {_fmt(backend['segment_1080p_ms'])}", flush=True)
+    print(
+        f"  segment to 1920x1080 ({args.postprocess} post-processing): {_fmt(backend['segment_1080p_ms'])}", flush=True
+    )
     results = {"backend_only": backend, "camera": f"{WIDTH}x{HEIGHT} bgr8 @ {args.rate} Hz", "node": {}}
     configs = [("shipped_profile", True)] + ([] if args.skip_no_profile else [("fastdds_defaults", False)])
     for name, with_profile in configs:

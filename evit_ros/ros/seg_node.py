@@ -22,10 +22,11 @@ network serves them all, and ``/diagnostics`` has one status per camera plus one
 
 Real time: the input subscription keeps one message (depth ``qos_depth``, default 1); the callback only
 drops the message into its camera's one-frame slot. One worker thread takes the newest frame of every camera
-that has one, in round-robin order, up to ``batch_size`` of them, and runs them through the network as one
-batch; so a camera faster than the network makes the node skip frames (counted as ``dropped``) instead of
-queueing them and falling behind, and every camera gets its turn. rgb8/bgr8 frames are read in place from the
-message buffer and kept in their own channel order through pre-processing and the overlay.
+that has one, in round-robin order, up to ``batch_size`` of them (default: every camera on a GPU backend, one on
+the CPU, where batching gains nothing), and runs them through the network as one batch; so a camera faster than
+the network makes the node skip frames (counted as ``dropped``) instead of queueing them and falling behind, and
+every camera gets its turn. rgb8/bgr8 frames are read in place from the message buffer and kept in their own
+channel order through pre-processing and the overlay.
 
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
 the model cannot be loaded (missing checkpoint, unavailable backend, ...).
@@ -66,6 +67,7 @@ from evit_ros.pipeline import processing
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
 from evit_ros.ros.conversions import array_to_msg, compressed_to_image, image_to_msg, labels_to_msg, msg_to_image
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
+from evit_ros.runtime import batching_pays
 from evit_ros.runtime.base import BACKENDS, PRECISIONS
 from evit_ros.runtime.options import BACKEND_OPTIONS, normalise_options
 
@@ -159,7 +161,11 @@ def _parameter_table() -> dict[str, _Param]:
             [], "camera namespaces served by one network, e.g. [front, left] ([]: one camera on 'image')", True
         ),
         "batch_size": _Param(
-            0, "most frames per network call (0 = one per camera; 1 = cameras one after another)", True, (0, 64)
+            0,
+            "most frames per network call (0 = auto: one per camera on GPU backends, 1 on CPU backends; "
+            "1 = cameras one after another)",
+            True,
+            (0, 64),
         ),
         "batch_wait_ms": _Param(
             0.0, "longest wait for more cameras' frames to fill a batch (0 = never wait)", True, None, (0.0, 1000.0)
@@ -382,7 +388,9 @@ class SegNode(Node):
         backend_options = declare_backend_options(self)
         names = list(p["cameras"])
         self.multi_camera = bool(names)
-        batch_size = int(p["batch_size"]) or max(1, len(names))
+        batch_size = int(p["batch_size"])
+        if batch_size == 0:  # auto: one batch of all cameras where that pays (GPUs), else one after another
+            batch_size = len(names) if names and batching_pays(p["backend"], p["device"] or None) else 1
 
         from evit_ros.pipeline.segmenter import Segmenter  # heavy: torch / onnxruntime
 

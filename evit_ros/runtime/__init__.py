@@ -7,7 +7,15 @@ import importlib.util
 from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig
 from evit_ros.runtime.options import normalise_options
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendConfig", "create_backend", "resolve_backend_name"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "Backend",
+    "BackendConfig",
+    "batching_pays",
+    "create_backend",
+    "resolve_backend_name",
+]
 
 
 def _importable(module: str) -> bool:
@@ -74,3 +82,15 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
     from evit_ros.runtime.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(config)
+
+
+def batching_pays(name: str, device: str | None = None) -> bool:
+    """Whether several frames in one network call beat one call each: on a GPU, yes (launch and copy overheads are
+    shared); on the CPU backends, no (one frame already keeps every core busy: measured x0.9-1.0 throughput for
+    4 frames at once, for ~1.4x the memory with OpenVINO)."""
+    resolved = resolve_backend_name(name)
+    if resolved == "tensorrt":
+        return True
+    if resolved == "torch":
+        return (device or "").lower() != "cpu" and _cuda_usable()
+    return False
