@@ -21,7 +21,7 @@ One camera (default):
 ``--cameras N`` (shipped DDS profile; labels subscribed on every camera):
 
 1. In this process: N frames through ``Segmenter.logits_batch`` as one batch vs the same N frames one at a time.
-2. A single-camera node fed by one camera, then an N-camera node (``batch_size`` 0: one batch of up to N) and the
+2. A single-camera node fed by one camera, then an N-camera node (``batch_size:=N``: one batch of up to N) and the
    same N-camera node with ``batch_size:=1`` (one after another), each fed by N cameras at ``--rate`` Hz. For each:
    the node's peak RSS (VmHWM), the aggregate output rate, each camera's output rate and their spread.
 
@@ -428,9 +428,8 @@ def main_multi(args: argparse.Namespace) -> int:
     batched_ns, sequential_ns = f"{NAMESPACE}/batched", f"{NAMESPACE}/one_at_a_time"
     print(f"node, {count} cameras: batched and one at a time, fed in turn for {args.alternate_s} s each ...",
           flush=True)  # fmt: skip
-    multi = measure_nodes(
-        args, True, {batched_ns: (), sequential_ns: ("batch_size:=1",)}, names, "labels", args.alternate_s
-    )
+    batch_params = {batched_ns: (f"batch_size:={len(names)}",), sequential_ns: ("batch_size:=1",)}
+    multi = measure_nodes(args, True, batch_params, names, "labels", args.alternate_s)
     results["node"]["multi_camera"] = multi
     summary = {}
     if "error" in multi:
