@@ -97,3 +97,41 @@ def test_compressed_to_rgb(rgb: np.ndarray) -> None:
     msg.data = array.array("B", jpeg.tobytes()[:100])
     with pytest.raises(ValueError, match="cannot decode"):
         compressed_to_rgb(msg)
+
+
+@pytest.mark.parametrize("frame_id", ["", "a", "abc", "abcd", "camera_front_optical"])  # every string padding
+def test_image_from_cdr_reads_what_rclpy_serialized(frame_id: str) -> None:
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from evit_ros.ros.conversions import image_from_cdr, msg_to_image
+
+    rng = np.random.default_rng(len(frame_id))
+    bgr = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    for encoding, step in (("bgr8", 15), ("bgr8", 16), ("mono16", 11)):
+        msg = Image(height=7, width=5, encoding=encoding, step=step, is_bigendian=0)
+        msg.header = Header(stamp=Time(sec=-3 if frame_id else 1_795_000_000, nanosec=999_999_999), frame_id=frame_id)
+        payload = np.zeros((7, step), np.uint8)
+        payload[:, : 15 if encoding == "bgr8" else 10] = bgr.reshape(7, 15)[:, : 15 if encoding == "bgr8" else 10]
+        msg.data = array.array("B", payload.tobytes())
+        view = image_from_cdr(serialize_message(msg))
+        assert view.header == msg.header
+        assert (view.height, view.width, view.encoding, view.step, view.is_bigendian) == (7, 5, encoding, step, 0)
+        assert bytes(view.data) == payload.tobytes()
+        if encoding == "bgr8":
+            image, order = msg_to_image(view)
+            assert order == "bgr" and np.array_equal(image, bgr)
+
+
+def test_image_from_cdr_rejects_truncated_buffers() -> None:
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from evit_ros.ros.conversions import image_from_cdr
+
+    msg = Image(height=2, width=2, encoding="mono8", step=2)
+    msg.data = array.array("B", [1, 2, 3, 4])
+    whole = serialize_message(msg)
+    for cut in (2, 4, 9, len(whole) - 1):
+        with pytest.raises(ValueError):
+            image_from_cdr(whole[:cut])

@@ -235,7 +235,7 @@ def run_relay(namespace: str) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from evit_ros.ros.conversions import array_to_msg, msg_to_image
+    from evit_ros.ros.conversions import array_to_msg, image_from_cdr, msg_to_image
 
     rclpy.init()
     node = rclpy.create_node("relay", namespace=namespace)
@@ -244,11 +244,13 @@ def run_relay(namespace: str) -> int:
     )
     labels = np.zeros((HEIGHT, WIDTH), np.uint8)
 
-    def on_image(msg) -> None:
+    def on_image(serialized: bytes) -> None:
+        msg = image_from_cdr(serialized)
         image, _ = msg_to_image(msg)
         pub.publish(array_to_msg(labels[: image.shape[0], : image.shape[1]], "mono8", msg.header))
 
-    node.create_subscription(Image, "image", on_image, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    node.create_subscription(Image, "image", on_image, qos, raw=True)  # read as seg_node reads
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

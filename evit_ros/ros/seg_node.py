@@ -25,7 +25,7 @@ drops the message into its camera's one-frame slot. One worker thread takes the 
 that has one, in round-robin order, up to ``batch_size`` of them (default: every camera on a GPU backend, one on
 the CPU, where batching gains nothing), and runs them through the network as one batch; so a camera faster than
 the network makes the node skip frames (counted as ``dropped``) instead of queueing them and falling behind, and
-every camera gets its turn. rgb8/bgr8 frames are read in place from the message buffer and kept in their own
+every camera gets its turn. rgb8/bgr8 frames are read in place from the serialized message and kept in their own
 channel order through pre-processing and the overlay.
 
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
@@ -65,7 +65,14 @@ from std_msgs.msg import String
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
-from evit_ros.ros.conversions import array_to_msg, compressed_to_image, image_to_msg, labels_to_msg, msg_to_image
+from evit_ros.ros.conversions import (
+    array_to_msg,
+    compressed_to_image,
+    image_from_cdr,
+    image_to_msg,
+    labels_to_msg,
+    msg_to_image,
+)
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
 from evit_ros.runtime import batching_pays
 from evit_ros.runtime.base import BACKENDS, PRECISIONS
@@ -452,7 +459,10 @@ class SegNode(Node):
                     CompressedImage, cam.topic("image/compressed"), self._image_callback(cam), in_qos
                 )
             else:
-                cam.sub_image = self.create_subscription(Image, cam.topic("image"), self._image_callback(cam), in_qos)
+                # raw: the worker reads the pixels in place from the serialized message (image_from_cdr)
+                cam.sub_image = self.create_subscription(
+                    Image, cam.topic("image"), self._image_callback(cam), in_qos, raw=True
+                )
             cam.sub_info = self.create_subscription(
                 CameraInfo, cam.topic("camera_info"), self._info_callback(cam), in_qos
             )
@@ -570,7 +580,11 @@ class SegNode(Node):
                     cam.stats.idle += 1
                 continue
             try:
-                image, order = compressed_to_image(msg) if self.compressed else msg_to_image(msg)
+                if self.compressed:
+                    image, order = compressed_to_image(msg)
+                else:
+                    msg = image_from_cdr(msg)
+                    image, order = msg_to_image(msg)
                 processing.check_image(image)
             except ValueError as exc:
                 self._bad_frame(cam, str(exc))
