@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evit_ros.evaluation.sources import BagModelSource, BagRecordedSource, FolderSource, detect_layout, is_bag
-from evit_ros.io.bagio import bag_message_count, bag_topics
+from evit_ros.evaluation.sources import BagModelSource, BagRecordedSource, FolderSource, detect_layout
+from evit_ros.io.bagio import bag_message_count, bag_topics, is_bag_path
 
 __all__ = [
     "EvalOptions",
@@ -139,7 +139,7 @@ def expand_sources(paths: Sequence[str | Path], _depth: int = 0) -> list[Path]:
     out: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
-        if not path.exists() or is_bag(path):
+        if not path.exists() or is_bag_path(path):
             out.append(path)
         elif path.is_file():
             out.extend(expand_sources(_read_list(path, _depth + 1), _depth + 1))
@@ -148,7 +148,7 @@ def expand_sources(paths: Sequence[str | Path], _depth: int = 0) -> list[Path]:
                 detect_layout(path)
                 out.append(path)
             except ValueError:
-                bags = sorted(child for child in path.iterdir() if is_bag(child))
+                bags = sorted(child for child in path.iterdir() if is_bag_path(child))
                 out.extend(bags or [path])  # no bags either: planning says what was looked for
     seen: set[Path] = set()
     unique = []
@@ -204,7 +204,7 @@ def plan_sources(paths: Sequence[Path], options: EvalOptions) -> tuple[list[Sour
         try:
             if not path.exists():
                 raise FileNotFoundError(f"source not found: {path}")
-            if is_bag(path):
+            if is_bag_path(path):
                 plans.append(_plan_bag(path.resolve(), index, options))
             else:
                 folder = FolderSource(path, options.dataset_layout, options.split, options.predictions,

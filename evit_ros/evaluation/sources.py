@@ -29,7 +29,6 @@ from evit_ros.io.bagio import (
     BagHealth,
     bag_topics,
     frame_from_message,
-    is_bag_path,
     iter_bag_messages,
 )
 from evit_ros.pipeline.processing import IMAGE_SUFFIXES
@@ -41,7 +40,6 @@ __all__ = [
     "FolderSource",
     "detect_layout",
     "find_pairs",
-    "is_bag",
     "read_label_png",
 ]
 
@@ -78,10 +76,6 @@ def read_image_rgb(path: Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"cannot read image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def is_bag(path: Path) -> bool:
-    return is_bag_path(path)
 
 
 def _frame_window(start: int, stop: int | None, max_frames: int | None) -> tuple[int, int | None]:
