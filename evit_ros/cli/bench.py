@@ -40,9 +40,19 @@ def _cuda_torch():
     return mod if mod is not None and mod.cuda.is_available() else None
 
 
-def bench_backends(backends: list, iterations: int, warmup: int, seed: int = 0) -> list[BenchResult]:
-    """Time backend.infer on a fixed normalised batch, after `warmup` untimed runs. Several backends run in
-    turn within every iteration, so a change in machine load affects all of them alike."""
+def _turns(iterations: int, block: int) -> list[int]:
+    """Timed runs per turn: ``iterations`` split into blocks of ``block`` (the last one shorter)."""
+    block = max(1, block)
+    return [min(block, iterations - start) for start in range(0, iterations, block)]
+
+
+def bench_backends(backends: list, iterations: int, warmup: int, seed: int = 0, block: int = 10) -> list[BenchResult]:
+    """Time backend.infer on a fixed normalised batch, after `warmup` untimed runs of each.
+
+    Backends take turns: in every turn each one runs one untimed settling run, then up to `block` timed runs.
+    Turns spread a change in machine load over all backends alike, and the settling run keeps one backend's
+    after-effects (ONNX Runtime's and OpenMP's spinning worker threads, a cache full of another network's
+    weights) out of the next one's timings: each is timed as it runs in a node, alone."""
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal(b.input_shape, dtype=np.float32) for b in backends]
     torch = _cuda_torch()
@@ -52,11 +62,13 @@ def bench_backends(backends: list, iterations: int, warmup: int, seed: int = 0) 
         for backend, x in zip(backends, inputs, strict=True):
             backend.infer(x)
     times: list[list[float]] = [[] for _ in backends]
-    for _ in range(iterations):
+    for runs in _turns(iterations, block):
         for backend, x, out in zip(backends, inputs, times, strict=True):
-            start = time.perf_counter()
-            backend.infer(x)  # returns host numpy: synchronised
-            out.append(time.perf_counter() - start)
+            backend.infer(x)  # settling run, not timed
+            for _ in range(runs):
+                start = time.perf_counter()
+                backend.infer(x)  # returns host numpy: synchronised
+                out.append(time.perf_counter() - start)
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if torch is not None else None
     results = []
     for backend, t in zip(backends, times, strict=True):
@@ -100,7 +112,10 @@ def format_results(results: list[BenchResult], title: str) -> str:
         for i, a in enumerate(results):
             for b in results[i + 1 :]:
                 lines.append(f"{a.backend} / {b.backend}: p50 latency x{a.p50_ms / b.p50_ms:.2f}")
-        lines.append("(backends alternate within each iteration; peak RSS: the process high-water mark, all of them)")
+        lines.append(
+            "(backends take turns in blocks, each turn after one untimed run; peak RSS: the process "
+            "high-water mark, all of them)"
+        )
     return "\n".join(lines)
 
 
@@ -119,33 +134,44 @@ class FrameTimes:
         return [a + b + c for a, b, c in zip(self.preprocess, self.network, self.postprocess, strict=True)]
 
 
-def bench_frames(backend, images: list[np.ndarray], modes: list[str], iterations: int, warmup: int) -> list[FrameTimes]:
-    """Time BGR frames -> labels at each frame's own size. Every run pre-processes and infers once, then
-    post-processes the same logits in every mode, so the modes are compared on identical work."""
+def bench_frames(
+    backend, images: list[np.ndarray], modes: list[str], iterations: int, warmup: int, block: int = 10
+) -> list[FrameTimes]:
+    """Time BGR frames -> labels at each frame's own size: pre-processing, network and post-processing of each
+    mode as one pipeline, the way a node runs it. The modes take turns in blocks (see :func:`bench_backends`),
+    each turn after one untimed run, so one mode's cache footprint (the exact mode writes C x H x W float
+    logits) does not land on another mode's timings, and every mode's frame / network ratio comes from its own
+    network times."""
     from evit_ros.pipeline.processing import postprocess, preprocess
 
     resolution = tuple(backend.config.resolution)
     buffer = np.empty(backend.input_shape, dtype=np.float32)
     results: dict[tuple[tuple[int, int], str], FrameTimes] = {}
+
+    def run(image: np.ndarray, mode: str) -> tuple[float, float, float, float]:
+        t0 = time.perf_counter()
+        batch = preprocess(image, resolution, order="bgr", out=buffer)
+        t1 = time.perf_counter()
+        logits = backend.infer(batch)[0]
+        t2 = time.perf_counter()
+        postprocess(logits, image.shape[:2], mode)
+        return t0, t1, t2, time.perf_counter()
+
     for image in images:
         size = image.shape[:2]
         for mode in modes:
             results.setdefault((size, mode), FrameTimes(size, mode, [], [], []))
-        for run in range(warmup + iterations):
-            t0 = time.perf_counter()
-            batch = preprocess(image, resolution, order="bgr", out=buffer)
-            t1 = time.perf_counter()
-            logits = backend.infer(batch)[0]
-            t2 = time.perf_counter()
+            for _ in range(warmup):
+                run(image, mode)
+        for runs in _turns(iterations, block):
             for mode in modes:
-                t3 = time.perf_counter()
-                postprocess(logits, size, mode)
-                t4 = time.perf_counter()
-                if run >= warmup:
-                    times = results[(size, mode)]
+                run(image, mode)  # settling run, not timed
+                times = results[(size, mode)]
+                for _ in range(runs):
+                    t0, t1, t2, t3 = run(image, mode)
                     times.preprocess.append((t1 - t0) * 1e3)
                     times.network.append((t2 - t1) * 1e3)
-                    times.postprocess.append((t4 - t3) * 1e3)
+                    times.postprocess.append((t3 - t2) * 1e3)
     return list(results.values())
 
 
@@ -166,8 +192,7 @@ def format_frames(results: list[FrameTimes], title: str) -> str:
             for mode, r in rows.items():
                 if mode != "exact":
                     lines.append(f"  {mode} / exact postprocess: x{p50(r.postprocess) / base:.3f}")
-        network = p50(next(iter(rows.values())).network)
-        ratios = ", ".join(f"{mode} x{p50(r.frame) / network:.2f}" for mode, r in rows.items())
+        ratios = ", ".join(f"{mode} x{p50(r.frame) / p50(r.network):.2f}" for mode, r in rows.items())
         lines.append(f"  frame / network: {ratios}")
     return "\n".join(lines)
 
@@ -212,6 +237,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument(
+        "--block",
+        type=int,
+        default=10,
+        help="timed runs per turn when several backends (--compare) or post-processing modes (--frames) take "
+        "turns; each turn starts with one untimed run",
+    )
+    parser.add_argument(
         "--compare",
         default=None,
         help="comma-separated backends to run in this process, e.g. openvino,onnxruntime,torch",
@@ -244,8 +276,8 @@ def run_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.iterations < 1 or args.warmup < 0:
-        print("evit-ros bench: --iterations must be >= 1 and --warmup >= 0", file=sys.stderr)
+    if args.iterations < 1 or args.warmup < 0 or args.block < 1:
+        print("evit-ros bench: --iterations and --block must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in POSTPROCESS_MODES]
@@ -284,7 +316,7 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             for name in names:
                 backends.append(make(name, args.batch_size))
-            results = bench_backends(backends, args.iterations, args.warmup)
+            results = bench_backends(backends, args.iterations, args.warmup, block=args.block)
         finally:
             for backend in backends:
                 backend.close()
@@ -296,7 +328,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if images:
         backend = make(args.backend, 1)
         try:
-            frames = bench_frames(backend, images, modes, args.iterations, args.warmup)
+            frames = bench_frames(backend, images, modes, args.iterations, args.warmup, block=args.block)
             info = backend.describe()
         finally:
             backend.close()

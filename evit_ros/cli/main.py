@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from evit_ros.pipeline.allocation import retain_freed_memory
+
 # subcommand -> (module, add-arguments function, run function, help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "predict": ("evit_ros.cli.predict", "add_predict_arguments", "run_predict", "segment a folder of images"),
@@ -48,6 +50,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    retain_freed_memory()
     module, _, run_fn, _ = SUBCOMMANDS[args.command]
     return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
 

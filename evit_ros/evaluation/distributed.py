@@ -89,7 +89,10 @@ class _Scorer:
         self.options, self.class_map = options, class_map
         self.segmenter = None
         if segmenter_kwargs is not None:
+            from evit_ros.pipeline.allocation import retain_freed_memory
             from evit_ros.pipeline.segmenter import Segmenter
+
+            retain_freed_memory()  # a worker process scores frame after frame, like a node
 
             self.segmenter = Segmenter(**segmenter_kwargs)
 

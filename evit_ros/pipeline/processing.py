@@ -179,7 +179,7 @@ def postprocess(
 # -(nx + ny + 2 nx ny)) and 4 corner taps (>= 0, sum nx ny), nx, ny being the 1-D outer sums.
 
 _CUBIC_A = -0.75
-_REFINE_BUCKETS = (2, 3, 4, 6, 8, 12, 16)  # candidate counts are padded up to one of these (fewer batches)
+_REFINE_BUCKETS = (2, 3, 4, 8)  # candidate counts are padded up to one of these, or to C (fewer batches)
 _REFINE_MIN_UPSCALE = 32  # below this many output pixels per logit pixel the exact path is as cheap
 _REFINE_TOL = 1e-3  # margin kept above float32 rounding of the interpolated logits
 
@@ -305,31 +305,32 @@ def refine_labels(
     starts_x = np.concatenate([[0], np.cumsum(count_x)[:-1]])
     take_y = (iy + 1) * by + np.arange(out_h) - starts_y[iy + 1]
     take_x = (ix + 1) * bx + np.arange(out_w) - starts_x[ix + 1]
-    grid = np.repeat(np.repeat(cell_max.astype(dtype), by, axis=0), bx, axis=1)
+    # Columns first, on the small array: np.repeat copies whole rows along axis 0 but single elements along 1.
+    grid = np.repeat(np.repeat(cell_max.astype(dtype), bx, axis=1), by, axis=0)
     blocks = grid.reshape(cells[0], by, cells[1], bx)  # a view: writes land in grid
     if len(todo):
         _refine_cells(
             padded, todo, _cell_weights(wy, count_y), _cell_weights(wx, count_x), blocks, conf, take_y, take_x
         )
-    return _take_runs(_take_runs(grid, take_y, 0), take_x, 1), conf
+    return _take_grid(grid, take_y, take_x), conf
 
 
-def _take_runs(a: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
-    """a.take(index, axis) for an increasing index made of a few consecutive runs (cells without padding
-    follow each other), as one slice copy per run instead of a gather per element."""
-    breaks = np.flatnonzero(np.diff(index) != 1) + 1
-    if len(breaks) > 256:
-        return a.take(index, axis=axis)
-    shape = list(a.shape)
-    shape[axis] = len(index)
-    out = np.empty(shape, dtype=a.dtype)
-    bounds = [0, *breaks.tolist(), len(index)]
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
-        src = int(index[lo])
-        if axis == 0:
-            out[lo:hi] = a[src : src + hi - lo]
-        else:
-            out[:, lo:hi] = a[:, src : src + hi - lo]
+def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, stop, source start) of the consecutive runs of an increasing index."""
+    bounds = [0, *(np.flatnonzero(np.diff(index) != 1) + 1).tolist(), len(index)]
+    return [(lo, hi, int(index[lo])) for lo, hi in zip(bounds[:-1], bounds[1:], strict=False)]
+
+
+def _take_grid(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """a[rows][:, cols] for increasing indices made of a few consecutive runs (cells without padding follow
+    each other), in one pass of slice copies instead of a gather per element."""
+    row_runs, col_runs = _runs(rows), _runs(cols)
+    if len(row_runs) * len(col_runs) > 4096:
+        return a.take(rows, axis=0).take(cols, axis=1)
+    out = np.empty((len(rows), len(cols), *a.shape[2:]), dtype=a.dtype)
+    for y0, y1, sy in row_runs:
+        for x0, x1, sx in col_runs:
+            out[y0:y1, x0:x1] = a[sy : sy + y1 - y0, sx : sx + x1 - x0]
     return out
 
 
@@ -344,39 +345,45 @@ def _refine_cells(
     take_x: np.ndarray,
 ) -> None:
     """Labels (and confidence) of the uncertain cells `todo` (B x 2 cell indices) into `blocks` / `conf`."""
-    c = padded.shape[0]
+    c, _, width = padded.shape
     n_todo = len(todo)
-    rows = (todo[:, 0][None, :] + np.arange(4)[:, None])[:, None, :]  # 4 x 1 x B
-    cols = (todo[:, 1][None, :] + np.arange(4)[:, None])[None, :, :]  # 1 x 4 x B
-    taps = padded.transpose(1, 2, 0)[rows, cols]  # 4 x 4 x B x C: tap-major, so bounds are elementwise
+    # Pixel-major rows of C values: the gathers copy contiguous class vectors, not scattered floats.
+    pixels = np.ascontiguousarray(padded.transpose(1, 2, 0)).reshape(-1, c)
+    window = np.arange(4)[:, None] * width + np.arange(4)[None, :]  # a cell's 4 x 4 taps, as pixel offsets
+    taps = pixels.take(window[:, :, None] + (todo[:, 0] * width + todo[:, 1]), axis=0)  # 4 x 4 x B x C
     inner_min = np.minimum(np.minimum(taps[1, 1], taps[1, 2]), np.minimum(taps[2, 1], taps[2, 2]))
     ref = inner_min.argmax(axis=1)  # the class with the best inner minimum
-    gap = taps[:, :, np.arange(n_todo), ref][..., None] - taps
-    candidates = ~(_lower_bound(gap) > _REFINE_TOL)  # ref itself always stays (bound 0)
+    ref_taps = taps.reshape(16, n_todo * c).take(np.arange(n_todo) * c + ref, axis=1).reshape(4, 4, n_todo)
+    candidates = ~(_lower_bound(ref_taps[..., None] - taps) > _REFINE_TOL)  # ref itself always stays (bound 0)
     if conf is not None:
         candidates[:] = True  # softmax needs every class
     k_per_cell = candidates.sum(axis=1)
     single = k_per_cell == 1
     blocks[todo[single, 0], :, todo[single, 1], :] = ref[single][:, None, None].astype(blocks.dtype)
-    order = np.argsort(~candidates, axis=1, kind="stable")  # candidates first, by class index
+    # Each cell's candidate classes in increasing class order, padded with its first (so ties still go to the
+    # lowest class index, like argmax).
+    cell_of, class_of = np.nonzero(candidates)
+    first = np.concatenate([[0], np.cumsum(k_per_cell)[:-1]])
+    order = np.empty((n_todo, int(k_per_cell.max())), dtype=np.int64)
+    order[:] = class_of[first][:, None]
+    order[cell_of, np.arange(len(cell_of)) - first[cell_of]] = class_of
     buckets = np.array([*[b for b in _REFINE_BUCKETS if b < c], c])
     bucket = np.searchsorted(buckets, k_per_cell)
     conf_blocks = None if conf is None else np.full(blocks.shape, np.nan, dtype=np.float32)
     for b in np.unique(bucket[~single]):
         sel = np.flatnonzero((bucket == b) & ~single)
-        k = int(buckets[b])
+        k = min(int(buckets[b]), order.shape[1])
         cls = order[sel, :k]
-        cls = np.where(np.arange(k)[None] < k_per_cell[sel][:, None], cls, cls[:, :1])  # pad: repeat the first
-        patch = taps[:, :, sel[:, None], cls].transpose(2, 3, 0, 1)  # n x k x 4 x 4
+        patch = taps[:, :, sel[:, None], cls]  # 4 x 4 x n x k
         wx_t, wy = cell_wx[todo[sel, 1]].transpose(0, 2, 1), cell_wy[todo[sel, 0]]
         if k == 2 and conf_blocks is None:  # one channel: the second class wins where l_2 - l_1 > 0
-            margin = np.matmul(wy, np.matmul(patch[:, 1] - patch[:, 0], wx_t))  # n x by x bx
+            margin = np.matmul(wy, np.matmul((patch[..., 1] - patch[..., 0]).transpose(2, 0, 1), wx_t))
             two = cls.astype(blocks.dtype)
             blocks[todo[sel, 0], :, todo[sel, 1], :] = np.where(
                 margin > 0, two[:, 1, None, None], two[:, 0, None, None]
             )
             continue
-        across = np.matmul(patch, wx_t[:, None])  # n x k x 4 x bx
+        across = np.matmul(patch.transpose(2, 3, 0, 1), wx_t[:, None])  # n x k x 4 x bx
         values = np.matmul(wy[:, None], across)  # n x k x by x bx
         best = values[:, 0].copy()
         label = np.empty(best.shape, dtype=blocks.dtype)
@@ -389,7 +396,7 @@ def _refine_cells(
         if conf_blocks is not None:
             conf_blocks[todo[sel, 0], :, todo[sel, 1], :] = 1.0 / np.exp(values - best[:, None]).sum(axis=1)
     if conf_blocks is not None:
-        exact = _take_runs(_take_runs(conf_blocks.reshape(blocks.shape[0] * blocks.shape[1], -1), take_y, 0), take_x, 1)
+        exact = _take_grid(conf_blocks.reshape(blocks.shape[0] * blocks.shape[1], -1), take_y, take_x)
         np.copyto(conf, exact, where=~np.isnan(exact))
 
 

@@ -64,6 +64,7 @@ from std_msgs.msg import String
 
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
+from evit_ros.pipeline.allocation import retain_freed_memory
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
 from evit_ros.ros.conversions import (
     array_to_msg,
@@ -737,6 +738,7 @@ class SegNode(Node):
 
 def main(args: Sequence[str] | None = None) -> int:
     """Run the node until SIGINT/SIGTERM; returns the process exit status (see the module docstring)."""
+    retain_freed_memory()  # before rclpy: DDS's frame-sized buffers are reused too
     rclpy.init(args=args)
     logger = rclpy.logging.get_logger("seg_node")
     node = None
