@@ -163,9 +163,10 @@ def test_bench_compare_openvino_onnxruntime_torch(capsys) -> None:
 
     args = ["bench", "--weights", "random", "--resolution", "64x128", "--iterations", "3", "--warmup", "1"]
     with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        rc = main([*args, "--num-threads", "1", "--compare", "openvino,onnxruntime,torch"])
+        rc = main([*args, "--num-threads", "1", "--compare", "openvino,onnxruntime,torch", "--block", "2"])
     assert rc == 0
     out = capsys.readouterr().out
+    assert "backends take turns in blocks, each turn after one untimed run" in out
     rows: dict[str, list[str]] = {}
     for line in out.splitlines():
         if line.split():
@@ -176,3 +177,12 @@ def test_bench_compare_openvino_onnxruntime_torch(capsys) -> None:
     assert len(ratio) == 1
     # The printed p50s are rounded to 0.01 ms (sub-millisecond here), so the check allows for that rounding.
     assert float(ratio[0].rsplit("x", 1)[1]) == pytest.approx(p50["openvino"] / p50["onnxruntime"], rel=0.1, abs=0.02)
+
+
+def test_bench_turns_split_the_timed_runs() -> None:
+    from evit_ros.cli.bench import _turns
+    from evit_ros.cli.main import main
+
+    assert _turns(25, 10) == [10, 10, 5] and _turns(3, 10) == [3] and _turns(4, 1) == [1, 1, 1, 1]
+    assert sum(_turns(50, 7)) == 50
+    assert main(["bench", "--weights", "random", "--block", "0"]) == 2

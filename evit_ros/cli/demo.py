@@ -164,9 +164,13 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
 
 
 class Recorder:
-    """Subscribes to a node's outputs and /diagnostics; records receive times, latencies and the last status."""
+    """Subscribes to a node's outputs and /diagnostics; records receive times, latencies and the last status.
 
-    def __init__(self, node, namespace: str, outputs: Sequence[str], on_message=None) -> None:
+    ``serialized``: take the outputs as serialized bytes and read only their headers (a view of the bytes,
+    :func:`~evit_ros.ros.conversions.image_from_cdr`), so the latency measures the node and the transport, not
+    this recorder turning every output into a Python message."""
+
+    def __init__(self, node, namespace: str, outputs: Sequence[str], on_message=None, serialized: bool = False) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -176,9 +180,16 @@ class Recorder:
         self.arrivals: dict[str, list[tuple[float, float]]] = {o: [] for o in outputs}  # (t_rx, latency ms)
         self.diagnostics: dict[str, str] = {}
         self._on_message = on_message
+        if serialized:
+            from evit_ros.ros.conversions import image_from_cdr
+
+            self._read = image_from_cdr
+        else:
+            self._read = None
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.subs = [
-            node.create_subscription(Image, f"{namespace}/segmentation/{o}", self._callback(o), qos) for o in outputs
+            node.create_subscription(Image, f"{namespace}/segmentation/{o}", self._callback(o), qos, raw=serialized)
+            for o in outputs
         ]
         self._status_name = f"{namespace}/seg_node: segmentation"
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -186,6 +197,8 @@ class Recorder:
     def _callback(self, output: str):
         def callback(msg) -> None:
             now_ns = time.time_ns()
+            if self._read is not None:
+                msg = self._read(msg)
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             with self.lock:
                 self.arrivals[output].append((time.monotonic(), (now_ns - stamp_ns) / 1e6))

@@ -6,17 +6,21 @@
 One camera (default):
 
 1. Backend only (in this process): ``Segmenter.logits`` (pre-processing + network) and the full
-   ``Segmenter.segment`` (+ upsampling and argmax at the camera size) on a 1920x1080 bgr8 frame.
+   ``Segmenter.segment`` (+ post-processing to the camera size) on a 1920x1080 bgr8 frame, back to back and
+   paced at the camera's rate (one frame every 1/rate s, as the node gets them: an idle CPU loses its caches
+   between frames, which costs a 2 Hz camera's frames several ms in the node and in the Segmenter alike).
 2. For each DDS configuration (the shipped ``config/fastdds_shm.xml`` as its loopback-only copy, then Fast DDS
    defaults): ``seg_node`` in a subprocess, and a camera + recorder in another subprocess (each process loads
    its DDS profile once, so every configuration gets fresh processes) publishing 1920x1080 bgr8 frames at
-   ``--rate`` Hz (reliable, depth 1, stamped at publish time) and subscribing to ``segmentation/labels`` and
-   ``segmentation/overlay``.
+   ``--rate`` Hz (reliable, depth 1, stamped, then serialized with one copy of the pixels, as a C++ driver
+   would) and subscribing to ``segmentation/labels`` and ``segmentation/overlay`` (serialized; only the header
+   is read, as a C++ planner would cost next to nothing to take them).
    End-to-end latency = receive time of the output minus the frame's stamp.
 3. Transport floor: a relay (no segmentation) that reads each frame as the node does and publishes a labels-sized
-   image, same camera and profile: what DDS and rclpy alone cost.
-4. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50 (measured before
-   and after the nodes, pooled), and that overhead minus the transport floor.
+   image as the node does, same camera and profile: what DDS and rclpy alone cost.
+4. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50 at the camera's
+   rate (measured before and after the nodes, pooled; also printed against the back-to-back p50), and that
+   overhead minus the transport floor.
 
 ``--cameras N`` (shipped DDS profile; labels subscribed on every camera):
 
@@ -52,6 +56,7 @@ from evit_ros.cli.demo import (
     stop_process,
 )
 from evit_ros.network.variants import DEFAULT_MODEL
+from evit_ros.pipeline.allocation import retain_freed_memory
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
 
 NAMESPACE = "/measure"
@@ -77,6 +82,10 @@ def camera_names(count: int) -> list[str]:
 
 
 def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
+    """The Segmenter alone on the camera's 1080p frame: back to back (``segment_1080p_ms``) and paced at the
+    camera's rate (``segment_paced_ms``). The node sees one frame every 1/rate s and idles in between, and an
+    idle CPU has lost its caches by the next frame: the paced figure is the one the node's latency is judged
+    against (like with like)."""
     from evit_ros.pipeline.segmenter import Segmenter
 
     seg = Segmenter(
@@ -90,7 +99,7 @@ def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
     frame = camera_frame_bgr()
     for _ in range(2):
         seg.segment(frame, order="bgr")
-    logits_ms, segment_ms = [], []
+    logits_ms, segment_ms, paced_ms = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         seg.logits(frame, order="bgr")
@@ -98,6 +107,12 @@ def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
         t0 = time.perf_counter()
         seg.segment(frame, order="bgr")
         segment_ms.append((time.perf_counter() - t0) * 1e3)
+    period = 1.0 / args.rate
+    for _ in range(repeats):
+        time.sleep(period)
+        t0 = time.perf_counter()
+        seg.segment(frame, order="bgr")
+        paced_ms.append((time.perf_counter() - t0) * 1e3)
     info = seg.describe()
     seg.close()
     return {
@@ -105,6 +120,8 @@ def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
         "logits_ms": percentiles(logits_ms),
         "segment_1080p_ms": percentiles(segment_ms),
         "segment_samples_ms": [round(v, 2) for v in segment_ms],
+        "segment_paced_ms": percentiles(paced_ms),
+        "segment_paced_samples_ms": [round(v, 2) for v in paced_ms],
     }
 
 
@@ -155,8 +172,9 @@ def run_camera(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
 
-    from evit_ros.ros.conversions import image_to_msg
+    from evit_ros.ros.conversions import array_to_cdr
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -167,14 +185,12 @@ def run_camera(args: argparse.Namespace) -> int:
     names = args.camera_names.split(",") if args.camera_names else [""]
     outputs = tuple(args.outputs.split(","))
     keys = [(ns, name) for ns in spaces for name in names]
-    recorders = {(ns, name): Recorder(node, f"{ns}/{name}" if name else ns, outputs) for ns, name in keys}
+    recorders = {(ns, name): Recorder(node, f"{ns}/{name}" if name else ns, outputs, serialized=True)
+                 for ns, name in keys}  # fmt: skip
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {(ns, name): node.create_publisher(Image, f"{ns}/{name}/image" if name else f"{ns}/image", qos)
             for ns, name in keys}  # fmt: skip
-    msgs = {}
-    for i, name in enumerate(names):
-        msgs[name] = image_to_msg(camera_frame_bgr(i)[:, :, ::-1], "bgr8")
-        msgs[name].header.frame_id = name or "camera"
+    frames = {name: camera_frame_bgr(i) for i, name in enumerate(names)}
 
     def matched() -> bool:
         return all(r.ready() for r in recorders.values()) and all(p.get_subscription_count() > 0 for p in pubs.values())
@@ -189,8 +205,10 @@ def run_camera(args: argparse.Namespace) -> int:
         if not current[0]:
             return
         for name in names:
-            msgs[name].header.stamp = node.get_clock().now().to_msg()
-            pubs[(current[0], name)].publish(msgs[name])
+            # Stamped, then serialized and sent as a camera driver written in C++ would: one copy of the pixels
+            # into the message. rclpy's Python message path would add two more to every frame's latency.
+            header = Header(stamp=node.get_clock().now().to_msg(), frame_id=name or "camera")
+            pubs[(current[0], name)].publish(array_to_cdr(frames[name], "bgr8", header))
         published[current[0]] += 1
 
     node.create_timer(1.0 / args.rate, publish)
@@ -235,7 +253,7 @@ def run_relay(namespace: str) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from evit_ros.ros.conversions import array_to_msg, image_from_cdr, msg_to_image
+    from evit_ros.ros.conversions import cdr_round_trips, image_from_cdr, labels_to_cdr, labels_to_msg, msg_to_image
 
     rclpy.init()
     node = rclpy.create_node("relay", namespace=namespace)
@@ -243,11 +261,12 @@ def run_relay(namespace: str) -> int:
         Image, "segmentation/labels", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
     )
     labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+    to_output = labels_to_cdr if cdr_round_trips() else labels_to_msg  # as seg_node publishes
 
     def on_image(serialized: bytes) -> None:
         msg = image_from_cdr(serialized)
         image, _ = msg_to_image(msg)
-        pub.publish(array_to_msg(labels[: image.shape[0], : image.shape[1]], "mono8", msg.header))
+        pub.publish(to_output(labels[: image.shape[0], : image.shape[1]], msg.header))
 
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
     node.create_subscription(Image, "image", on_image, qos, raw=True)  # read as seg_node reads
@@ -469,6 +488,7 @@ def main_multi(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # as seg_node and evit-ros do: the Segmenter measured here runs like the node's
     if args.camera:
         return run_camera(args)
     if args.relay:
@@ -516,16 +536,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("backend only, again ...", flush=True)
     after = measure_backend(args, args.repeats)
     pooled = percentiles(backend["segment_samples_ms"] + after["segment_samples_ms"])
+    paced = percentiles(backend["segment_paced_samples_ms"] + after["segment_paced_samples_ms"])
     results["backend_only_after"] = after
     results["segment_1080p_ms_pooled"] = pooled
-    print(f"  segment to 1920x1080: before p50 {backend['segment_1080p_ms']['p50']} ms, after p50 "
+    results["segment_paced_ms_pooled"] = paced
+    print(f"  segment to 1920x1080 back to back: before p50 {backend['segment_1080p_ms']['p50']} ms, after p50 "
           f"{after['segment_1080p_ms']['p50']} ms, pooled p50 {pooled['p50']} ms")  # fmt: skip
+    print(f"  segment to 1920x1080 at {args.rate} Hz: before p50 {backend['segment_paced_ms']['p50']} ms, after p50 "
+          f"{after['segment_paced_ms']['p50']} ms, pooled p50 {paced['p50']} ms")  # fmt: skip
     for name, r in results["node"].items():
         if "error" not in r and r["labels"]["latency_ms"]["p50"] is not None:
-            overhead = round(r["labels"]["latency_ms"]["p50"] - pooled["p50"], 2)
+            overhead = round(r["labels"]["latency_ms"]["p50"] - paced["p50"], 2)
             r["node_overhead_ms"] = overhead
-            print(f"  node overhead ({name}): labels latency p50 - Segmenter frame->labels p50 = {overhead} ms"
-                  " (goal <= 10)")  # fmt: skip
+            r["node_overhead_vs_back_to_back_ms"] = round(r["labels"]["latency_ms"]["p50"] - pooled["p50"], 2)
+            print(f"  node overhead ({name}): labels latency p50 - Segmenter frame->labels p50 at the camera rate = "
+                  f"{overhead} ms (goal <= 10); against the back-to-back Segmenter "
+                  f"{r['node_overhead_vs_back_to_back_ms']} ms")  # fmt: skip
             if floor_p50 is not None and name == "shipped_profile":
                 r["node_overhead_beyond_transport_ms"] = round(overhead - floor_p50, 2)
                 print(f"    of which DDS + rclpy transport (relay p50) {floor_p50} ms; the node's own work "

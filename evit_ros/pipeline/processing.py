@@ -406,7 +406,7 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
         # cv2.LUT on the ids repeated in 3 channels: about 8x faster than numpy fancy indexing at 1080p.
         lut = np.zeros((1, 256, 3), dtype=np.uint8)
         lut[0, : len(palette)] = palette
-        return cv2.LUT(cv2.merge([labels, labels, labels]), lut)
+        return cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), lut)
     lut = np.zeros((max(int(labels.max(initial=0)) + 1, len(palette)), 3), dtype=np.uint8)
     lut[: len(palette)] = palette
     return np.take(lut, labels, axis=0)

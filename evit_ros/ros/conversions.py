@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -21,7 +22,11 @@ __all__ = [
     "array_to_msg",
     "compressed_to_image",
     "compressed_to_rgb",
+    "array_to_cdr",
+    "cdr_round_trips",
     "image_from_cdr",
+    "image_to_cdr",
+    "labels_to_cdr",
     "image_to_msg",
     "labels_to_msg",
     "msg_to_image",
@@ -185,3 +190,91 @@ def image_from_cdr(serialized: bytes | memoryview) -> ImageView:
     is_bigendian = r.u8()
     step = r.u32()
     return ImageView(header, height, width, encoding, is_bigendian, step, r.octets())
+
+
+class _CdrWriter:
+    """Writes the fields of a message in plain little-endian CDR (the layout :class:`_CdrReader` reads)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(b"\x00\x01\x00\x00")  # encapsulation: CDR_LE, no options
+
+    def _align(self, size: int) -> None:
+        self.buf += bytes(-(len(self.buf) - 4) % size)
+
+    def u32(self, value: int) -> None:
+        self._align(4)
+        self.buf += struct.pack("<I", value)
+
+    def i32(self, value: int) -> None:
+        self._align(4)
+        self.buf += struct.pack("<i", value)
+
+    def u8(self, value: int) -> None:
+        self.buf.append(value)
+
+    def string(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self.u32(len(data) + 1)
+        self.buf += data + b"\x00"
+
+
+def array_to_cdr(pixels: np.ndarray, encoding: str, header: Header | None = None) -> bytes:
+    """:func:`array_to_msg`, serialized: the bytes of that ``sensor_msgs/Image``, for ``Publisher.publish(bytes)``.
+
+    The pixels are copied once, straight into the serialized bytes. Publishing a message instead converts it to
+    C and serializes it: two more full copies, about 2 ms of a 1080p overlay on a 2-core machine. Use it where
+    :func:`cdr_round_trips` says the middleware reads this layout.
+    """
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.ndim < 2 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"image is empty or not 2-D: shape {pixels.shape}")
+    return _serialized(header, pixels.shape[0], pixels.shape[1], encoding, pixels.strides[0], pixels.reshape(-1))
+
+
+def image_to_cdr(image_rgb: np.ndarray, encoding: str = "bgr8", header: Header | None = None) -> bytes:
+    """:func:`image_to_msg`, serialized (see :func:`array_to_cdr`)."""
+    return array_to_cdr(_pixels_for(np.asarray(image_rgb), encoding), encoding, header)
+
+
+def labels_to_cdr(labels: np.ndarray, header: Header | None = None) -> bytes:
+    """:func:`labels_to_msg`, serialized (see :func:`array_to_cdr`)."""
+    encoding, step, data = encode_labels(labels)
+    return _serialized(header, labels.shape[0], labels.shape[1], encoding, step, data)
+
+
+def _serialized(header: Header | None, height: int, width: int, encoding: str, step: int, data: np.ndarray) -> bytes:
+    header = header if header is not None else Header()
+    octets = data.view(np.uint8)
+    out = _CdrWriter()
+    out.i32(header.stamp.sec)
+    out.u32(header.stamp.nanosec)
+    out.string(header.frame_id)
+    out.u32(height)
+    out.u32(width)
+    out.string(encoding)
+    out.u8(0)  # is_bigendian: numpy's little-endian layout, as in _message
+    out.u32(step)
+    out.u32(octets.size)
+    return b"".join((out.buf, memoryview(octets)))
+
+
+@functools.lru_cache(maxsize=1)
+def cdr_round_trips() -> bool:
+    """True when rclpy reads back what :func:`array_to_cdr` writes, field for field, on this platform and
+    middleware (every string length and data length modulo the CDR alignment); False means publish messages."""
+    for frame_id, encoding, shape in (("", "mono8", (1, 1)), ("cam", "bgr8", (1, 3, 3)), ("ab", "mono16", (2, 3)),
+                                      ("left_camera", "rgb8", (3, 5, 3)), ("x" * 7, "32FC1", (1, 2))):  # fmt: skip
+        dtype = {"mono16": np.uint16, "32FC1": np.float32}.get(encoding, np.uint8)
+        pixels = (np.arange(int(np.prod(shape))) * 37 % 251).astype(dtype).reshape(shape)
+        header = Header(stamp=Time(sec=1_700_000_003, nanosec=123_456_789), frame_id=frame_id)
+        try:
+            msg = deserialize_message(array_to_cdr(pixels, encoding, header), Image)
+        except Exception:  # noqa: BLE001 - any failure means: do not publish this layout
+            return False
+        expected = array_to_msg(pixels, encoding, header)
+        same = (msg.header == expected.header and msg.height == expected.height and msg.width == expected.width
+                and msg.encoding == expected.encoding and msg.is_bigendian == expected.is_bigendian
+                and msg.step == expected.step and bytes(msg.data) == bytes(expected.data))  # fmt: skip
+        if not same:
+            return False
+    return True

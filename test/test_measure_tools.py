@@ -1,0 +1,47 @@
+"""The measuring tools' own parts: the recorder that reads only the headers of serialized outputs."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from evit_ros.cli.demo import Recorder, spin_until  # noqa: E402
+from evit_ros.ros.conversions import array_to_cdr  # noqa: E402
+
+
+@pytest.mark.parametrize("serialized", [True, False])
+def test_recorder_latency_comes_from_the_stamp(serialized: bool) -> None:
+    """Outputs stamped 300 ms in the past arrive 300 ms + transport late, read from the header whether the
+    recorder takes messages or serialized bytes (only the header parsed)."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("recorder_test", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        recorder = Recorder(node, "/rec_test", ("labels",), serialized=serialized)
+        pub = node.create_publisher(
+            Image, "/rec_test/segmentation/labels", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        assert spin_until(executor, lambda: recorder.ready() and pub.get_subscription_count() > 0, 20)
+        labels = np.arange(48 * 64, dtype=np.uint8).reshape(48, 64)
+        for _ in range(3):
+            stamp_ns = time.time_ns() - 300_000_000
+            header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id="cam")
+            pub.publish(array_to_cdr(labels, "mono8", header))
+        assert spin_until(executor, lambda: recorder.summary("labels")["frames_received"] == 3, 20)
+        latency = recorder.summary("labels")["latency_ms"]
+        assert 300.0 <= latency["p50"] < 300.0 + 60_000.0, latency  # read from the stamp, not from garbage
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
