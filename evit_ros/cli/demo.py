@@ -179,6 +179,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.arrivals: dict[str, list[tuple[float, float]]] = {o: [] for o in outputs}  # (t_rx, latency ms)
         self.diagnostics: dict[str, str] = {}
+        self._diagnostics_history: list[tuple[float, dict[str, str]]] = []  # (t_rx, status)
         self._on_message = on_message
         if serialized:
             from evit_ros.ros.conversions import image_from_cdr
@@ -212,14 +213,18 @@ class Recorder:
             if status.name == self._status_name:
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self._diagnostics_history.append((time.monotonic(), self.diagnostics))
 
     def ready(self) -> bool:
         return all(sub.get_publisher_count() > 0 for sub in self.subs)
 
-    def summary(self, output: str, since: float = 0.0) -> dict:
+    def summary(self, output: str, since: float = 0.0, until: float | None = None) -> dict:
+        """Outputs received from ``since`` on; the node's status as last reported by ``until`` (default: the
+        latest), so rates reported after the camera stopped do not stand for the measurement."""
         with self.lock:
             rows = [r for r in self.arrivals[output] if r[0] >= since]
-            diag = dict(self.diagnostics)
+            earlier = [d for t, d in self._diagnostics_history if until is None or t <= until]
+            diag = dict(earlier[-1] if earlier else self.diagnostics)
         times = [t for t, _ in rows]
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         return {

@@ -228,6 +228,7 @@ def run_camera(args: argparse.Namespace) -> int:
             spin_until(executor, lambda: False, phase)
             fed[ns] += time.monotonic() - t0
     n1 = dict(published)
+    t_end = time.monotonic()
     current[0] = ""  # stop publishing; outputs still in flight are counted for the node that made them
     spin_until(executor, lambda: False, 1.5)  # the last outputs, and the node's diagnostics
     result = {"warmup_s": round(t_measure - t_start, 1), "nodes": {}}
@@ -235,7 +236,8 @@ def run_camera(args: argparse.Namespace) -> int:
         entry = {"published": n1[ns] - n0[ns], "fed_s": round(fed[ns], 2), "cameras": {}}
         entry["publish_rate_hz"] = round(entry["published"] / fed[ns], 2) if fed[ns] else 0.0
         for name in names:
-            entry["cameras"][name] = {o: recorders[(ns, name)].summary(o, since=t_measure) for o in outputs}
+            recorder = recorders[(ns, name)]
+            entry["cameras"][name] = {o: recorder.summary(o, since=t_measure, until=t_end) for o in outputs}
         result["nodes"][ns] = entry
     print("RESULT " + json.dumps(result), flush=True)
     executor.shutdown()

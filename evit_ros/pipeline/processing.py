@@ -229,17 +229,21 @@ def _window(a: np.ndarray, op, size: int, count: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _lower_bound(d: np.ndarray) -> np.ndarray:
-    """Lower bound of the bicubic interpolation of tap values d (4 x 4 x ...: tap row, tap column, then any
-    shape) over every position in the cell: min over (nx, ny) in {0, NMAX}^2 of
-    inner * min_inner - edge * max_edge + corner * min_corner (bilinear in nx, ny, so its minimum lies on a
-    corner of the range)."""
+def _gap_lower_bound(ref: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Lower bound, over every position in a cell, of the bicubic interpolation of the gap ref - taps (taps:
+    4 x 4 x ...: tap row, tap column, then any shape; ref: the same without the last axis): min over (nx, ny) in
+    {0, NMAX}^2 of inner * min_inner - edge * max_edge + corner * min_corner (bilinear in nx, ny, so its minimum
+    lies on a corner of the range). Each tap group is one block of the 4 x 4 window, reduced in one call."""
     n = _NMAX
-    m_in = np.minimum(np.minimum(d[1, 1], d[1, 2]), np.minimum(d[2, 1], d[2, 2]))
-    m_c = np.minimum(np.minimum(d[0, 0], d[0, 3]), np.minimum(d[3, 0], d[3, 3]))
-    m_e = d[0, 1]
-    for r, q in ((0, 2), (3, 1), (3, 2), (1, 0), (2, 0), (1, 3), (2, 3)):
-        m_e = np.maximum(m_e, d[r, q])
+
+    def gap(rows: slice, cols: slice) -> np.ndarray:
+        return ref[rows, cols, ..., None] - taps[rows, cols]
+
+    m_in = gap(slice(1, 3), slice(1, 3)).min(axis=(0, 1))
+    m_c = gap(slice(0, 4, 3), slice(0, 4, 3)).min(axis=(0, 1))
+    m_e = np.maximum(
+        gap(slice(0, 4, 3), slice(1, 3)).max(axis=(0, 1)), gap(slice(1, 3), slice(0, 4, 3)).max(axis=(0, 1))
+    )
     one = (1 + n) * m_in - n * m_e
     both = (1 + n) ** 2 * m_in - (2 * n + 2 * n * n) * m_e + n * n * m_c
     return np.minimum(np.minimum(m_in, one), both)
@@ -354,7 +358,7 @@ def _refine_cells(
     inner_min = np.minimum(np.minimum(taps[1, 1], taps[1, 2]), np.minimum(taps[2, 1], taps[2, 2]))
     ref = inner_min.argmax(axis=1)  # the class with the best inner minimum
     ref_taps = taps.reshape(16, n_todo * c).take(np.arange(n_todo) * c + ref, axis=1).reshape(4, 4, n_todo)
-    candidates = ~(_lower_bound(ref_taps[..., None] - taps) > _REFINE_TOL)  # ref itself always stays (bound 0)
+    candidates = ~(_gap_lower_bound(ref_taps, taps) > _REFINE_TOL)  # ref itself always stays (bound 0)
     if conf is not None:
         candidates[:] = True  # softmax needs every class
     k_per_cell = candidates.sum(axis=1)
