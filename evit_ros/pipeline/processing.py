@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -217,6 +218,42 @@ def _axis_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     return i0.astype(np.int64), weights
 
 
+@dataclass(frozen=True)
+class _AxisPlan:
+    """How one axis of the output falls into cells (cell e = floor source index + 1), for refine_labels."""
+
+    counts: np.ndarray  # output pixels per cell
+    block: int  # the largest cell
+    take: np.ndarray  # per output pixel: its position in the grid of equal blocks
+    cell_weights: np.ndarray  # cells x block x 4 kernel weights (zeros past a cell's end)
+
+
+@functools.lru_cache(maxsize=16)
+def _axis_plan(n_out: int, n_in: int) -> _AxisPlan:
+    """The plan of one axis; it depends on the two sizes only, so a camera's frames share it."""
+    i0, weights = _axis_taps(n_out, n_in)
+    counts = np.bincount(i0 + 1, minlength=n_in + 1)
+    block = int(counts.max())
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    take = (i0 + 1) * block + np.arange(n_out) - starts[i0 + 1]
+    plan = _AxisPlan(counts, block, take, _cell_weights(weights, counts))
+    for array in (plan.counts, plan.take, plan.cell_weights):
+        array.flags.writeable = False  # shared between calls
+    return plan
+
+
+def _pad_edge(a: np.ndarray, width: int) -> np.ndarray:
+    """np.pad(a, width, mode="edge") over the last two axes, without np.pad's per-call overhead."""
+    h, w = a.shape[-2:]
+    out = np.empty((*a.shape[:-2], h + 2 * width, w + 2 * width), dtype=a.dtype)
+    out[..., width : width + h, width : width + w] = a
+    out[..., :width, width : width + w] = a[..., :1, :]
+    out[..., width + h :, width : width + w] = a[..., -1:, :]
+    out[..., :, :width] = out[..., :, width : width + 1]
+    out[..., :, width + w :] = out[..., :, width + w - 1 : width + w]
+    return out
+
+
 def _window(a: np.ndarray, op, size: int, count: tuple[int, int]) -> np.ndarray:
     """op-reduction of a over size x size windows starting at every (r, c) < count (the last two axes)."""
     out = a[..., : count[0], :]
@@ -280,8 +317,8 @@ def refine_labels(
     chw = np.asarray(logits, dtype=np.float32)
     labels_low = chw.argmax(axis=0).astype(dtype)
     # Padding by 2 (border replicated, as the kernel clamps taps) puts cell e = i0 + 1's taps at e..e+3.
-    padded = np.pad(chw, ((0, 0), (2, 2), (2, 2)), mode="edge")
-    labels_pad = np.pad(labels_low, 2, mode="edge")
+    padded = _pad_edge(chw, 2)
+    labels_pad = _pad_edge(labels_low, 2)
     cells = (h + 1, w + 1)
     cell_max = _window(labels_pad, np.maximum, 4, cells)
     uniform = cell_max == _window(labels_pad, np.minimum, 4, cells)
@@ -292,31 +329,21 @@ def refine_labels(
     safe[cell_max, np.arange(cells[0])[:, None], np.arange(cells[1])[None, :]] = True  # a vs itself
     certain = uniform & safe.all(axis=0)
 
-    iy, wy = _axis_taps(out_h, h)
-    ix, wx = _axis_taps(out_w, w)
-    count_y = np.bincount(iy + 1, minlength=cells[0])
-    count_x = np.bincount(ix + 1, minlength=cells[1])
-    certain |= (count_y == 0)[:, None] | (count_x == 0)[None, :]  # cells no output pixel falls in
+    ys, xs = _axis_plan(out_h, h), _axis_plan(out_w, w)
+    certain |= (ys.counts == 0)[:, None] | (xs.counts == 0)[None, :]  # cells no output pixel falls in
     todo = np.argwhere(~certain)
     conf = None
     if return_confidence:
         low_conf = softmax_confidence(chw)
         conf = cv2.resize(low_conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    # The output as a grid of equal blocks (cells x largest cell); output pixel (y, x) is block row
-    # iy + 1 at offset y - start, and likewise for x.
-    by, bx = int(count_y.max()), int(count_x.max())
-    starts_y = np.concatenate([[0], np.cumsum(count_y)[:-1]])
-    starts_x = np.concatenate([[0], np.cumsum(count_x)[:-1]])
-    take_y = (iy + 1) * by + np.arange(out_h) - starts_y[iy + 1]
-    take_x = (ix + 1) * bx + np.arange(out_w) - starts_x[ix + 1]
+    # The output as a grid of equal blocks (cells x largest cell); output pixel (y, x) is at grid position
+    # (ys.take[y], xs.take[x]).
     # Columns first, on the small array: np.repeat copies whole rows along axis 0 but single elements along 1.
-    grid = np.repeat(np.repeat(cell_max.astype(dtype), bx, axis=1), by, axis=0)
-    blocks = grid.reshape(cells[0], by, cells[1], bx)  # a view: writes land in grid
+    grid = np.repeat(np.repeat(cell_max.astype(dtype), xs.block, axis=1), ys.block, axis=0)
+    blocks = grid.reshape(cells[0], ys.block, cells[1], xs.block)  # a view: writes land in grid
     if len(todo):
-        _refine_cells(
-            padded, todo, _cell_weights(wy, count_y), _cell_weights(wx, count_x), blocks, conf, take_y, take_x
-        )
-    return _take_grid(grid, take_y, take_x), conf
+        _refine_cells(padded, todo, ys.cell_weights, xs.cell_weights, blocks, conf, ys.take, xs.take)
+    return _take_grid(grid, ys.take, xs.take), conf
 
 
 def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
