@@ -34,7 +34,6 @@ the model cannot be loaded (missing checkpoint, unavailable backend, ...).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sys
@@ -298,21 +297,6 @@ def scale_camera_info(info: CameraInfo, in_size: tuple[int, int], out_size: tupl
     out.roi.height = round(info.roi.height * sy)
     out.roi.do_rectify = info.roi.do_rectify
     return out
-
-
-@contextlib.contextmanager
-def _opencv_threads(count: int | None):
-    """OpenCV's thread count set to ``count`` inside the block (None: unchanged). The node's worker is the only
-    thread that runs OpenCV, so the global setting affects nothing else."""
-    if count is None:
-        yield
-        return
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(count)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
 
 
 class _Stats:
@@ -636,29 +620,26 @@ class SegNode(Node):
 
         if want["labels"]:
             cam.pub_labels.publish(labels_to_cdr(labels, header) if self.raw_out else labels_to_msg(labels, header))
-        # The labels are on their way to the planner: while DDS and the subscribers take them, the images below run
-        # OpenCV on one thread, so a 2-core machine keeps a core for them (labels latency -2 ms on 2 cores at 1080p).
-        with _opencv_threads(1 if want["labels"] else None):
-            if want["color"]:
-                colours = processing.colorize(labels, self.segmenter.palette)
-                cam.pub_color.publish(self._image_out(colours, "rgb8", header))
-            if want["overlay"]:
-                # Blended in the camera's own channel order: bgr8 input needs no swap on the way in or out.
-                base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
-                palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
-                blended = processing.overlay(base, labels, palette, float(rt["overlay_alpha"]))
-                if job.order == "bgr":
-                    cam.pub_overlay.publish(self._image_out(blended, "bgr8", header))
-                else:
-                    cam.pub_overlay.publish(
-                        image_to_cdr(blended, "bgr8", header) if self.raw_out else image_to_msg(blended, "bgr8", header)
-                    )
-            if want["confidence"]:
-                if rt["confidence_encoding"] == "mono8":
-                    conf8 = np.clip(np.rint(np.nan_to_num(conf) * 255.0), 0, 255).astype(np.uint8)
-                    cam.pub_confidence.publish(self._image_out(conf8, "mono8", header))
-                else:
-                    cam.pub_confidence.publish(self._image_out(np.asarray(conf, dtype="<f4"), "32FC1", header))
+        if want["color"]:
+            colours = processing.colorize(labels, self.segmenter.palette)
+            cam.pub_color.publish(self._image_out(colours, "rgb8", header))
+        if want["overlay"]:
+            # Blended in the camera's own channel order: bgr8 input needs no swap on the way in or out.
+            base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
+            palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
+            blended = processing.overlay(base, labels, palette, float(rt["overlay_alpha"]))
+            if job.order == "bgr":
+                cam.pub_overlay.publish(self._image_out(blended, "bgr8", header))
+            else:
+                cam.pub_overlay.publish(
+                    image_to_cdr(blended, "bgr8", header) if self.raw_out else image_to_msg(blended, "bgr8", header)
+                )
+        if want["confidence"]:
+            if rt["confidence_encoding"] == "mono8":
+                conf8 = np.clip(np.rint(np.nan_to_num(conf) * 255.0), 0, 255).astype(np.uint8)
+                cam.pub_confidence.publish(self._image_out(conf8, "mono8", header))
+            else:
+                cam.pub_confidence.publish(self._image_out(np.asarray(conf, dtype="<f4"), "32FC1", header))
         if want["camera_info"]:
             cam.pub_info.publish(scale_camera_info(cam.camera_info, in_size, out_size, header))
 
