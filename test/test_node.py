@@ -260,11 +260,10 @@ def test_compressed_jpeg_input(harness, reference, frames_bgr):
 
 def test_class_table_is_latched_json(harness):
     got = []
-    sub = harness.tester.create_subscription(String, "/raw/segmentation/class_table", got.append, LATCHED)
-    try:
-        assert _wait(lambda: bool(got), 10), "late subscriber did not get the transient-local class table"
-    finally:
-        harness.tester.destroy_subscription(sub)
+    # Left in place: destroying an entity while the harness's executor waits on it kills the executor's thread
+    # (rclpy InvalidHandle), and with it every later test. The harness destroys it after the executor stops.
+    harness.tester.create_subscription(String, "/raw/segmentation/class_table", got.append, LATCHED)
+    assert _wait(lambda: bool(got), 10), "late subscriber did not get the transient-local class table"
     table = json.loads(got[0].data)
     assert table["model"] == "b0-cityscapes" and table["dataset"] == "cityscapes"
     assert table["num_classes"] == 19 and table["label_encoding"] == "mono8"
@@ -475,9 +474,10 @@ def test_sigint_stops_a_busy_node_cleanly(harness, b0_checkpoint, frames_bgr):
     proc = subprocess.Popen(
         _node_cmd(b0_checkpoint), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    # Both stay until the harness closes (see test_class_table_is_latched_json).
     pub = h.tester.create_publisher(Image, "/proc_test/image", RELIABLE)
     got = []
-    sub = h.tester.create_subscription(Image, "/proc_test/segmentation/labels", got.append, RELIABLE)
+    h.tester.create_subscription(Image, "/proc_test/segmentation/labels", got.append, RELIABLE)
     try:
         msg = _bgr8_msg(frames_bgr[0])
         deadline = time.monotonic() + 60
@@ -499,8 +499,6 @@ def test_sigint_stops_a_busy_node_cleanly(harness, b0_checkpoint, frames_bgr):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        h.tester.destroy_publisher(pub)
-        h.tester.destroy_subscription(sub)
 
 
 @pytest.mark.parametrize(
