@@ -81,21 +81,21 @@ def camera_names(count: int) -> list[str]:
     return [f"cam{i}" for i in range(count)]
 
 
+def _segmenter(args: argparse.Namespace, **options):
+    """The Segmenter the node under test would build from the same model, backend and threads."""
+    from evit_ros.pipeline.segmenter import Segmenter
+
+    return Segmenter(
+        args.model, args.weights, args.resolution, backend=args.backend, num_threads=args.num_threads or None, **options
+    )
+
+
 def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
     """The Segmenter alone on the camera's 1080p frame: back to back (``segment_1080p_ms``) and paced at the
     camera's rate (``segment_paced_ms``). The node sees one frame every 1/rate s and idles in between, and an
     idle CPU has lost its caches by the next frame: the paced figure is the one the node's latency is judged
     against (like with like)."""
-    from evit_ros.pipeline.segmenter import Segmenter
-
-    seg = Segmenter(
-        args.model,
-        args.weights,
-        args.resolution,
-        backend=args.backend,
-        num_threads=args.num_threads or None,
-        postprocess_mode=args.postprocess,  # the node's, so the overhead compares like with like
-    )
+    seg = _segmenter(args, postprocess_mode=args.postprocess)  # the node's mode: like with like
     frame = camera_frame_bgr()
     for _ in range(2):
         seg.segment(frame, order="bgr")
@@ -127,16 +127,7 @@ def measure_backend(args: argparse.Namespace, repeats: int) -> dict:
 
 def measure_batching(args: argparse.Namespace, count: int, repeats: int) -> dict:
     """The same ``count`` 1080p frames through the network as one batch and one at a time, alternating."""
-    from evit_ros.pipeline.segmenter import Segmenter
-
-    seg = Segmenter(
-        args.model,
-        args.weights,
-        args.resolution,
-        backend=args.backend,
-        num_threads=args.num_threads or None,
-        batch_size=count,
-    )
+    seg = _segmenter(args, batch_size=count)
     frames = [camera_frame_bgr(i) for i in range(count)]
     seg.logits_batch(frames, "bgr")
     batched_ms, sequential_ms = [], []
