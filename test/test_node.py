@@ -441,8 +441,9 @@ def test_diagnostics_fields(harness):
     assert _wait(lambda: _diag_value(h, node, "backend", since) is not None, 5)
     name = f"{node.get_fully_qualified_name()}: segmentation"
     with h.lock:
-        arr = [m for t, _, m in h.received["diagnostics"] if t >= since][-1]
-    status = next(s for s in arr.status if s.name == name)
+        arrays = [m for t, _, m in h.received["diagnostics"] if t >= since]
+    # /diagnostics also carries the compressed-input node's arrays: take this node's latest status.
+    status = next(s for arr in reversed(arrays) for s in arr.status if s.name == name)
     values = {kv.key: kv.value for kv in status.values}
     for key in ("input_rate_hz", "output_rate_hz", "inference_ms", "latency_ms", "dropped_frames", "bad_frames",
                 "nan_frames", "backend", "precision", "engine", "frames_in", "frames_out"):  # fmt: skip
