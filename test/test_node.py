@@ -72,10 +72,11 @@ class Harness:
             namespace="/cmp",
             parameter_overrides=_params(weights, input_transport="compressed", publish_overlay=False),
         )
-        # The raw node publishes serialized outputs (this middleware reads them back); the compressed one takes the
-        # message path a middleware with another layout would use, so both reach a subscriber here.
-        assert self.node.raw_out is True
-        self.cnode.raw_out = False
+        # The raw node hands its serialized outputs to rcl (this middleware reads them back); the compressed one takes
+        # the message path a middleware with another layout would use, so both reach a subscriber here.
+        assert self.node.publish_path == "rcl"
+        for image_publisher in self.cnode.cameras[0].images.values():
+            image_publisher.path = "message"
         self.tester = rclpy.create_node("seg_tester", context=self.context)
         self.lock = threading.Lock()
         self.received: dict[str, list] = {}

@@ -12,9 +12,9 @@ One camera (default):
 2. For each DDS configuration (the shipped ``config/fastdds_shm.xml`` as its loopback-only copy, then Fast DDS
    defaults): ``seg_node`` in a subprocess, and a camera + recorder in another subprocess (each process loads
    its DDS profile once, so every configuration gets fresh processes) publishing 1920x1080 bgr8 frames at
-   ``--rate`` Hz (reliable, depth 1, stamped, then serialized with one copy of the pixels, as a C++ driver
-   would) and subscribing to ``segmentation/labels`` and ``segmentation/overlay`` (serialized; only the header
-   is read, as a C++ planner would cost next to nothing to take them).
+   ``--rate`` Hz (reliable, depth 1, stamped, then serialized with one copy of the pixels and handed to rcl, as
+   a C++ driver would) and subscribing to ``segmentation/labels`` and ``segmentation/overlay`` (serialized; only
+   the header is read, as a C++ planner would cost next to nothing to take them).
    End-to-end latency = receive time of the output minus the frame's stamp.
 3. Transport floor: a relay (no segmentation) that reads each frame as the node does and publishes a labels-sized
    image as the node does, same camera and profile: what DDS and rclpy alone cost.
@@ -165,7 +165,7 @@ def run_camera(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from evit_ros.ros.conversions import array_to_cdr
+    from evit_ros.ros.image_publisher import ImagePublisher
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -179,12 +179,13 @@ def run_camera(args: argparse.Namespace) -> int:
     recorders = {(ns, name): Recorder(node, f"{ns}/{name}" if name else ns, outputs, serialized=True)
                  for ns, name in keys}  # fmt: skip
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {(ns, name): node.create_publisher(Image, f"{ns}/{name}/image" if name else f"{ns}/image", qos)
-            for ns, name in keys}  # fmt: skip
+    topics = {(ns, name): f"{ns}/{name}/image" if name else f"{ns}/image" for ns, name in keys}
+    pubs = {key: ImagePublisher(node.create_publisher(Image, topic, qos)) for key, topic in topics.items()}
     frames = {name: camera_frame_bgr(i) for i, name in enumerate(names)}
 
     def matched() -> bool:
-        return all(r.ready() for r in recorders.values()) and all(p.get_subscription_count() > 0 for p in pubs.values())
+        subscribed = all(p.publisher.get_subscription_count() > 0 for p in pubs.values())
+        return subscribed and all(r.ready() for r in recorders.values())
 
     if not spin_until(executor, matched, args.startup_timeout):
         print(json.dumps({"error": "seg_node did not match in time"}))
@@ -196,10 +197,10 @@ def run_camera(args: argparse.Namespace) -> int:
         if not current[0]:
             return
         for name in names:
-            # Stamped, then serialized and sent as a camera driver written in C++ would: one copy of the pixels
-            # into the message. rclpy's Python message path would add two more to every frame's latency.
+            # Stamped, then serialized once and handed to rcl as a camera driver written in C++ would: one copy of
+            # the pixels into the message. rclpy's own publish paths would add one (bytes) or two (a message).
             header = Header(stamp=node.get_clock().now().to_msg(), frame_id=name or "camera")
-            pubs[(current[0], name)].publish(array_to_cdr(frames[name], "bgr8", header))
+            pubs[(current[0], name)].publish(frames[name], "bgr8", header)
         published[current[0]] += 1
 
     node.create_timer(1.0 / args.rate, publish)
@@ -246,20 +247,20 @@ def run_relay(namespace: str) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from evit_ros.ros.conversions import cdr_round_trips, image_from_cdr, labels_to_cdr, labels_to_msg, msg_to_image
+    from evit_ros.ros.conversions import image_from_cdr, msg_to_image
+    from evit_ros.ros.image_publisher import ImagePublisher
 
     rclpy.init()
     node = rclpy.create_node("relay", namespace=namespace)
-    pub = node.create_publisher(
-        Image, "segmentation/labels", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    pub = ImagePublisher(  # as seg_node publishes
+        node.create_publisher(Image, "segmentation/labels", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
     )
     labels = np.zeros((HEIGHT, WIDTH), np.uint8)
-    to_output = labels_to_cdr if cdr_round_trips() else labels_to_msg  # as seg_node publishes
 
     def on_image(serialized: bytes) -> None:
         msg = image_from_cdr(serialized)
         image, _ = msg_to_image(msg)
-        pub.publish(to_output(labels[: image.shape[0], : image.shape[1]], msg.header))
+        pub.publish_labels(labels[: image.shape[0], : image.shape[1]], msg.header)
 
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
     node.create_subscription(Image, "image", on_image, qos, raw=True)  # read as seg_node reads

@@ -23,6 +23,7 @@ __all__ = [
     "compressed_to_image",
     "compressed_to_rgb",
     "array_to_cdr",
+    "cdr_image_prefix",
     "cdr_round_trips",
     "image_from_cdr",
     "image_to_cdr",
@@ -242,9 +243,10 @@ def labels_to_cdr(labels: np.ndarray, header: Header | None = None) -> bytes:
     return _serialized(header, labels.shape[0], labels.shape[1], encoding, step, data)
 
 
-def _serialized(header: Header | None, height: int, width: int, encoding: str, step: int, data: np.ndarray) -> bytes:
+def cdr_image_prefix(header: Header | None, height: int, width: int, encoding: str, step: int, nbytes: int) -> bytes:
+    """The serialized ``sensor_msgs/Image`` up to its pixels (encapsulation header to the data length): the pixels'
+    ``nbytes`` follow it directly, so a writer can put them straight into its own buffer after these bytes."""
     header = header if header is not None else Header()
-    octets = data.view(np.uint8)
     out = _CdrWriter()
     out.i32(header.stamp.sec)
     out.u32(header.stamp.nanosec)
@@ -254,8 +256,13 @@ def _serialized(header: Header | None, height: int, width: int, encoding: str, s
     out.string(encoding)
     out.u8(0)  # is_bigendian: numpy's little-endian layout, as in _message
     out.u32(step)
-    out.u32(octets.size)
-    return b"".join((out.buf, memoryview(octets)))
+    out.u32(nbytes)
+    return bytes(out.buf)
+
+
+def _serialized(header: Header | None, height: int, width: int, encoding: str, step: int, data: np.ndarray) -> bytes:
+    octets = data.view(np.uint8)
+    return b"".join((cdr_image_prefix(header, height, width, encoding, step, octets.size), memoryview(octets)))
 
 
 @functools.lru_cache(maxsize=1)

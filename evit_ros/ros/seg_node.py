@@ -66,18 +66,8 @@ from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, pars
 from evit_ros.pipeline import processing
 from evit_ros.pipeline.allocation import retain_freed_memory
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
-from evit_ros.ros.conversions import (
-    array_to_cdr,
-    array_to_msg,
-    cdr_round_trips,
-    compressed_to_image,
-    image_from_cdr,
-    image_to_cdr,
-    image_to_msg,
-    labels_to_cdr,
-    labels_to_msg,
-    msg_to_image,
-)
+from evit_ros.ros.conversions import compressed_to_image, image_from_cdr, msg_to_image
+from evit_ros.ros.image_publisher import ImagePublisher, publish_path
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
 from evit_ros.runtime import batching_pays
 from evit_ros.runtime.base import BACKENDS, PRECISIONS
@@ -365,6 +355,7 @@ class _Camera:
         self.slot = slot
         self.stats = _Stats()
         self.camera_info: CameraInfo | None = None
+        self.images: dict[str, ImagePublisher] = {}  # output name -> its image publisher
 
     def topic(self, relative: str) -> str:
         return f"{self.name}/{relative}" if self.name else relative
@@ -443,8 +434,9 @@ class SegNode(Node):
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
         )
         self.compressed = p["input_transport"] == "compressed"
-        # Outputs go out as serialized bytes where rclpy reads that layout back (checked once per process).
-        self.raw_out = cdr_round_trips()
+        # Output images are written once into a reused serialized buffer and handed to rcl where that works here
+        # (see image_publisher), else the next cheapest path.
+        self.publish_path = publish_path()
         label_encoding = "mono8" if processing.label_dtype(self.segmenter.num_classes) == np.uint8 else "mono16"
         table = String(
             data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, label_encoding)
@@ -457,6 +449,11 @@ class SegNode(Node):
             cam.pub_confidence = self.create_publisher(Image, cam.topic("segmentation/confidence"), out_qos)
             cam.pub_info = self.create_publisher(CameraInfo, cam.topic("segmentation/camera_info"), out_qos)
             cam.pub_table = self.create_publisher(String, cam.topic("segmentation/class_table"), latched)
+            cam.images = {
+                output: ImagePublisher(publisher, self.publish_path)
+                for output, publisher in (("labels", cam.pub_labels), ("color", cam.pub_color),
+                                          ("overlay", cam.pub_overlay), ("confidence", cam.pub_confidence))
+            }  # fmt: skip
             cam.pub_table.publish(table)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -619,27 +616,22 @@ class SegNode(Node):
         labels, conf = processing.postprocess(logits, out_size, rt["postprocess_mode"], want["confidence"])
 
         if want["labels"]:
-            cam.pub_labels.publish(labels_to_cdr(labels, header) if self.raw_out else labels_to_msg(labels, header))
+            cam.images["labels"].publish_labels(labels, header)
         if want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
-            cam.pub_color.publish(self._image_out(colours, "rgb8", header))
+            cam.images["color"].publish(colours, "rgb8", header)
         if want["overlay"]:
             # Blended in the camera's own channel order: bgr8 input needs no swap on the way in or out.
             base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
             palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
             blended = processing.overlay(base, labels, palette, float(rt["overlay_alpha"]))
-            if job.order == "bgr":
-                cam.pub_overlay.publish(self._image_out(blended, "bgr8", header))
-            else:
-                cam.pub_overlay.publish(
-                    image_to_cdr(blended, "bgr8", header) if self.raw_out else image_to_msg(blended, "bgr8", header)
-                )
+            cam.images["overlay"].publish(blended if job.order == "bgr" else blended[:, :, ::-1], "bgr8", header)
         if want["confidence"]:
             if rt["confidence_encoding"] == "mono8":
                 conf8 = np.clip(np.rint(np.nan_to_num(conf) * 255.0), 0, 255).astype(np.uint8)
-                cam.pub_confidence.publish(self._image_out(conf8, "mono8", header))
+                cam.images["confidence"].publish(conf8, "mono8", header)
             else:
-                cam.pub_confidence.publish(self._image_out(np.asarray(conf, dtype="<f4"), "32FC1", header))
+                cam.images["confidence"].publish(np.asarray(conf, dtype="<f4"), "32FC1", header)
         if want["camera_info"]:
             cam.pub_info.publish(scale_camera_info(cam.camera_info, in_size, out_size, header))
 
@@ -656,11 +648,6 @@ class SegNode(Node):
             self.get_logger().warn("network output has NaN/Inf values", throttle_duration_sec=ERROR_THROTTLE_S)
 
     # ---------------------------------------------------------------- diagnostics
-    def _image_out(self, pixels: np.ndarray, encoding: str, header) -> Image | bytes:
-        """An output image for ``publish``: serialized bytes where they round-trip (one copy of the pixels),
-        else a message."""
-        return array_to_cdr(pixels, encoding, header) if self.raw_out else array_to_msg(pixels, encoding, header)
-
     def diagnostics_status(self, cam: _Camera | None = None) -> DiagnosticStatus:
         """The status of one camera (default: the first); with one camera it also carries the network's facts."""
         cam = cam if cam is not None else self.cameras[0]
