@@ -1,4 +1,5 @@
-"""The measuring tools' own parts: the recorder that reads only the headers of serialized outputs."""
+"""The measuring tools' own parts: the recorder that reads only the headers of serialized outputs, and the
+image publish path comparison."""
 
 from __future__ import annotations
 
@@ -45,3 +46,23 @@ def test_recorder_latency_comes_from_the_stamp(serialized: bool) -> None:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_publish_paths_all_deliver_and_are_timed(tmp_path) -> None:
+    """measure_node --publish-paths: every image publish path delivers the frame to another process, and the
+    figures it prints come from those frames."""
+    import json
+    import os
+
+    from evit_ros.cli.measure_node import main
+    from evit_ros.ros.image_publisher import PUBLISH_PATHS
+
+    before = dict(os.environ)
+    out = tmp_path / "paths.json"
+    assert main(["--publish-paths", "--rate", "10", "--seconds", "1.5", "--warmup", "0.5", "--json", str(out)]) == 0
+    assert dict(os.environ) == before  # the private graph's settings do not leak into this process
+    result = json.loads(out.read_text())
+    assert sorted(result) == sorted(PUBLISH_PATHS)
+    for path, r in result.items():
+        assert r["frames_received"] >= 3, (path, r)
+        assert r["publish_call_ms"]["p50"] > 0 and 0 < r["latency_ms"]["p50"] < 60_000, (path, r)

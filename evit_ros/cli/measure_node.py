@@ -2,6 +2,7 @@
 
     python -m evit_ros.cli.measure_node [--resolution 512x1024] [--backend auto] [--rate 30] [--seconds 20]
     python -m evit_ros.cli.measure_node --cameras 4 [--rate 30] [--seconds 15]
+    python -m evit_ros.cli.measure_node --publish-paths [--rate 2] [--seconds 45]
 
 One camera (default):
 
@@ -28,6 +29,10 @@ One camera (default):
 2. A single-camera node fed by one camera, then an N-camera node (``batch_size:=N``: one batch of up to N) and the
    same N-camera node with ``batch_size:=1`` (one after another), each fed by N cameras at ``--rate`` Hz. For each:
    the node's peak RSS (VmHWM), the aggregate output rate, each camera's output rate and their spread.
+
+``--publish-paths``: a 1080p bgr8 frame sent from another process through each image publish path of
+:class:`~evit_ros.ros.image_publisher.ImagePublisher` in turn (rcl, serialized bytes, message): the publish call's
+time and stamp -> received at a raw subscriber, per path.
 
 Prints a table and writes JSON (``--json``). Camera frames are real Cityscapes images from the test data resized
 to 1920x1080 (a synthetic gradient when the data is absent).
@@ -274,6 +279,109 @@ def run_relay(namespace: str) -> int:
     return 0
 
 
+PATHS_TOPIC = "/measure_publish_paths/image"
+
+
+def run_path_publisher(args: argparse.Namespace) -> int:
+    """Child process: the camera's 1080p frame on ``PATHS_TOPIC`` at ``args.rate``, each of the image publish paths
+    (:data:`~evit_ros.ros.image_publisher.PUBLISH_PATHS`) in turn, frame by frame; prints the publish calls' times.
+    The stamp is taken before the frame is serialized, so a subscriber's latency includes each path's copies."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from evit_ros.ros.image_publisher import PUBLISH_PATHS, ImagePublisher
+
+    rclpy.init()
+    node = rclpy.create_node("measure_publish_paths")
+    pub = node.create_publisher(Image, PATHS_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    writers = {path: ImagePublisher(pub, path) for path in PUBLISH_PATHS}
+    frame = camera_frame_bgr(0)
+    deadline = time.monotonic() + args.startup_timeout
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    calls: dict[str, list[float]] = {path: [] for path in PUBLISH_PATHS}
+    period = 1.0 / args.rate
+    count = len(PUBLISH_PATHS) * max(1, round(args.seconds * args.rate / len(PUBLISH_PATHS)))
+    next_time = time.monotonic() + args.warmup
+    for index in range(count + len(PUBLISH_PATHS)):  # the first turn warms every path up
+        time.sleep(max(0.0, next_time - time.monotonic()))
+        next_time += period
+        path = PUBLISH_PATHS[index % len(PUBLISH_PATHS)]
+        start = time.perf_counter()
+        writers[path].publish(frame, "bgr8", Header(stamp=node.get_clock().now().to_msg(), frame_id=path))
+        if index >= len(PUBLISH_PATHS):
+            calls[path].append((time.perf_counter() - start) * 1e3)
+    time.sleep(0.5)  # the last frame's delivery
+    print("RESULT " + json.dumps({path: percentiles(ms) for path, ms in calls.items()}), flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+def measure_publish_paths(args: argparse.Namespace) -> dict:
+    """A 1080p bgr8 frame published from another process through each image publish path in turn (shipped DDS
+    profile): the publish call's time and the frame's latency at a raw subscriber here, per path."""
+    import os
+
+    env = ros_env(dds_profile=True)
+    ros_keys = [k for k in env if k.startswith(("ROS_", "FASTDDS_", "RMW_"))]
+    saved = {k: os.environ.get(k) for k in ros_keys}
+    os.environ.update({k: env[k] for k in ros_keys})  # this process's subscriber joins the child's private graph
+    try:
+        return _publish_paths_with_subscriber(args, env)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _publish_paths_with_subscriber(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from evit_ros.ros.conversions import image_from_cdr
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("measure_publish_paths_sub", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    latency: dict[str, list[float]] = {}  # per path; its first frame is the publisher's warm-up turn
+
+    def on_frame(serialized: bytes) -> None:
+        received_ns = time.time_ns()
+        header = image_from_cdr(serialized).header
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        latency.setdefault(header.frame_id, []).append((received_ns - stamp_ns) / 1e6)
+
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(Image, PATHS_TOPIC, on_frame, qos, raw=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "evit_ros.cli.measure_node", "--publish-paths-child", *_forward(args)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        while child.poll() is None:
+            executor.spin_once(timeout_sec=0.05)
+        out, err = child.communicate()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": (out + err)[-2000:]}
+    calls = json.loads(line[len("RESULT ") :])
+    return {path: {"publish_call_ms": calls[path], "latency_ms": percentiles(latency.get(path, [])[1:]),
+                   "frames_received": max(0, len(latency.get(path, [])) - 1)} for path in calls}  # fmt: skip
+
+
 def relay_command(namespace: str, params: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "evit_ros.cli.measure_node", "--relay", namespace]
 
@@ -389,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cameras", type=int, default=0, help="N > 0: measure one node serving N 1080p cameras (memory, batching)"
     )
+    parser.add_argument(
+        "--publish-paths",
+        action="store_true",
+        help="only compare the image publish paths (rcl, serialized bytes, message) on a 1080p frame at --rate",
+    )
+    parser.add_argument("--publish-paths-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--camera", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     parser.add_argument("--relay", default="", help=argparse.SUPPRESS)  # internal: the transport-floor relay
     parser.add_argument("--alternate-s", type=float, default=10.0, help="--cameras: seconds per node in turn")
@@ -480,6 +594,21 @@ def main_multi(args: argparse.Namespace) -> int:
     return 0
 
 
+def main_publish_paths(args: argparse.Namespace) -> int:
+    print(f"publish paths: a {WIDTH}x{HEIGHT} bgr8 frame at {args.rate} Hz to a subscriber in another process, "
+          "the paths taking turns frame by frame (stamped before serialization) ...", flush=True)  # fmt: skip
+    result = measure_publish_paths(args)
+    if "error" in result:
+        print(f"  failed: {result['error']}")
+        return 1
+    for path, r in result.items():
+        print(f"  {path:10s}: publish call {_fmt(r['publish_call_ms'])}; stamp -> received {_fmt(r['latency_ms'])}"
+              f" ({r['frames_received']} frames)")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()  # as seg_node and evit-ros do: the Segmenter measured here runs like the node's
@@ -487,6 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_camera(args)
     if args.relay:
         return run_relay(args.relay)
+    if args.publish_paths_child:
+        return run_path_publisher(args)
+    if args.publish_paths:
+        return main_publish_paths(args)
     args.weights = args.weights or default_weights()
     if args.cameras > 0:
         return main_multi(args)
