@@ -182,16 +182,20 @@ class Recorder:
         self._diagnostics_history: list[tuple[float, dict[str, str]]] = []  # (t_rx, status)
         self._on_message = on_message
         if serialized:
+            from evit_ros.ros import rcl_serialized
             from evit_ros.ros.conversions import image_from_cdr
 
             self._read = image_from_cdr
         else:
             self._read = None
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self.subs = [
-            node.create_subscription(Image, f"{namespace}/segmentation/{o}", self._callback(o), qos, raw=serialized)
-            for o in outputs
-        ]
+        topics = {o: f"{namespace}/segmentation/{o}" for o in outputs}
+        if serialized and rcl_serialized.available():  # one copy per take, as a C++ subscriber's
+            self.subs = [rcl_serialized.SerializedSubscription(node, Image, t, self._callback(o), qos)
+                         for o, t in topics.items()]  # fmt: skip
+        else:
+            self.subs = [node.create_subscription(Image, t, self._callback(o), qos, raw=serialized)
+                         for o, t in topics.items()]  # fmt: skip
         self._status_name = f"{namespace}/seg_node: segmentation"
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 

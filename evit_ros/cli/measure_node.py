@@ -252,6 +252,7 @@ def run_relay(namespace: str) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from evit_ros.ros import rcl_serialized
     from evit_ros.ros.conversions import image_from_cdr, msg_to_image
     from evit_ros.ros.image_publisher import ImagePublisher
 
@@ -262,13 +263,16 @@ def run_relay(namespace: str) -> int:
     )
     labels = np.zeros((HEIGHT, WIDTH), np.uint8)
 
-    def on_image(serialized: bytes) -> None:
+    def on_image(serialized: bytes | memoryview) -> None:
         msg = image_from_cdr(serialized)
         image, _ = msg_to_image(msg)
         pub.publish_labels(labels[: image.shape[0], : image.shape[1]], msg.header)
 
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-    node.create_subscription(Image, "image", on_image, qos, raw=True)  # read as seg_node reads
+    if rcl_serialized.available():  # read as seg_node reads
+        rcl_serialized.SerializedSubscription(node, Image, "image", on_image, qos)
+    else:
+        node.create_subscription(Image, "image", on_image, qos, raw=True)
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

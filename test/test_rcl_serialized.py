@@ -1,4 +1,6 @@
-"""ImagePublisher over real DDS: every publish path delivers exactly the message array_to_msg describes."""
+"""rcl's serialized publish and take over real DDS: every ImagePublisher path delivers exactly the message
+array_to_msg describes, and SerializedSubscription hands over exactly what was sent, in buffers that stay valid
+while viewed and are freed after."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from evit_ros.ros.conversions import array_to_msg  # noqa: E402
+from evit_ros.ros.conversions import array_to_msg, image_from_cdr  # noqa: E402
 from evit_ros.ros.image_publisher import PUBLISH_PATHS, ImagePublisher, publish_path  # noqa: E402
+from evit_ros.ros.rcl_serialized import SerializedSubscription  # noqa: E402
 
 QOS = QoSProfile(depth=64, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -124,7 +127,7 @@ def test_this_platform_publishes_through_rcl_unless_turned_off():
     """Here (Linux, rclpy exposing its rcl pointers, Fast DDS) the direct path is taken; the switch turns it off."""
     assert publish_path() == "rcl"
     code = "from evit_ros.ros.image_publisher import publish_path; print(publish_path())"
-    env = {**os.environ, "EVIT_ROS_DIRECT_PUBLISH": "0"}
+    env = {**os.environ, "EVIT_ROS_DIRECT_RCL": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "serialized"
@@ -139,3 +142,92 @@ def test_bad_arguments_are_refused(graph):
         images.publish(np.zeros((0, 4, 3), np.uint8), "bgr8")
     with pytest.raises(ValueError, match="uint8 or uint16"):
         images.publish_labels(np.zeros((4, 4), np.int32))
+
+
+@pytest.fixture
+def direct_graph():
+    """A context with a SerializedSubscription on 'frames' (its views kept in ``received``) and a publisher."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("serialized_subscription_test", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    received: list[memoryview] = []
+    subscription = SerializedSubscription(node, Image, "frames", received.append, QOS)
+    pub = node.create_publisher(Image, "frames", QOS)
+    deadline = time.monotonic() + 10
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    assert pub.get_subscription_count() == 1, "the subscription was not matched"
+
+    def wait_for(count: int) -> list[memoryview]:
+        deadline = time.monotonic() + 20
+        while len(received) < count and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        return received
+
+    yield pub, subscription, received, wait_for
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def test_serialized_subscription_delivers_the_serialized_message(direct_graph):
+    """Each message arrives once, serialized, through the waitable (the wrapped rclpy
+    subscription's own callback is never run: it would raise in the executor and stop it)."""
+    from rclpy.serialization import deserialize_message
+
+    pub, _, received, wait_for = direct_graph
+    cases = _cases()
+    messages = [array_to_msg(np.ascontiguousarray(p), e, h) for p, e, h in cases]
+    for msg in messages:
+        pub.publish(msg)
+    got = wait_for(len(messages))
+    assert len(got) == len(messages)
+    for view, msg in zip(got, messages, strict=True):
+        assert isinstance(view, memoryview)
+        assert deserialize_message(bytes(view), Image) == msg  # fields: rclpy leaves padding bytes undefined
+        assert image_from_cdr(view).header == msg.header
+
+
+def test_taken_buffers_are_freed_once_no_view_is_left(direct_graph):
+    """100 frames of 1 MB taken and dropped leave the process no larger than a few of them (each take is a
+    buffer of its own, released with its allocator when the last view goes)."""
+    import gc
+    import resource
+
+    pub, _, received, wait_for = direct_graph
+    frame = array_to_msg(np.full((512, 683, 3), 7, np.uint8), "bgr8")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+    before = rss_mib()
+    for _ in range(100):
+        pub.publish(frame)
+        wait_for(1)
+        assert len(received) == 1 and received[0][-1] == 7
+        received.clear()
+        gc.collect()
+    grown = rss_mib() - before
+    assert grown < 40, f"RSS grew by {grown:.0f} MiB over 100 frames of 1 MiB"
+
+
+def test_a_view_outlives_later_takes(direct_graph):
+    """A frame kept by the node (its slot) is not overwritten by the frames taken after it."""
+    pub, _, received, wait_for = direct_graph
+    for value in (1, 2, 3):
+        pub.publish(array_to_msg(np.full((64, 64, 3), value, np.uint8), "bgr8", Header(frame_id=str(value))))
+        wait_for(value)
+    assert [np.frombuffer(image_from_cdr(v).data, np.uint8).max() for v in received] == [1, 2, 3]
+
+
+def test_destroy_removes_the_subscription(direct_graph):
+    pub, subscription, _, _ = direct_graph
+    subscription.destroy()
+    deadline = time.monotonic() + 10
+    while pub.get_subscription_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pub.get_subscription_count() == 0
+    assert subscription not in list(subscription.node.waitables)
