@@ -54,7 +54,7 @@ def test_publish_paths_all_deliver_and_are_timed(tmp_path) -> None:
     import json
     import os
 
-    from evit_ros.cli.measure_node import main
+    from evit_ros.cli.measure_node import DIRECT_TAKE, main
     from evit_ros.ros.image_publisher import PUBLISH_PATHS
 
     before = dict(os.environ)
@@ -62,7 +62,7 @@ def test_publish_paths_all_deliver_and_are_timed(tmp_path) -> None:
     assert main(["--publish-paths", "--rate", "10", "--seconds", "1.5", "--warmup", "0.5", "--json", str(out)]) == 0
     assert dict(os.environ) == before  # the private graph's settings do not leak into this process
     result = json.loads(out.read_text())
-    assert sorted(result) == sorted(PUBLISH_PATHS)
+    assert sorted(result) == sorted([*PUBLISH_PATHS, DIRECT_TAKE])
     for path, r in result.items():
         assert r["frames_received"] >= 3, (path, r)
         assert r["publish_call_ms"]["p50"] > 0 and 0 < r["latency_ms"]["p50"] < 60_000, (path, r)

@@ -31,8 +31,9 @@ One camera (default):
    the node's peak RSS (VmHWM), the aggregate output rate, each camera's output rate and their spread.
 
 ``--publish-paths``: a 1080p bgr8 frame sent from another process through each image publish path of
-:class:`~evit_ros.ros.image_publisher.ImagePublisher` in turn (rcl, serialized bytes, message): the publish call's
-time and stamp -> received at a raw subscriber, per path.
+:class:`~evit_ros.ros.image_publisher.ImagePublisher` in turn (rcl, serialized bytes, message) to rclpy's raw
+subscription, and through rcl to :class:`~evit_ros.ros.rcl_serialized.SerializedSubscription`: the publish call's
+time and stamp -> received, per path.
 
 Prints a table and writes JSON (``--json``). Camera frames are real Cityscapes images from the test data resized
 to 1920x1080 (a synthetic gradient when the data is absent).
@@ -283,58 +284,68 @@ def run_relay(namespace: str) -> int:
     return 0
 
 
-PATHS_TOPIC = "/measure_publish_paths/image"
+PATHS_TOPIC = "/measure_publish_paths/image"  # taken by rclpy's raw=True subscription
+DIRECT_TOPIC = "/measure_publish_paths/direct"  # taken through rcl (SerializedSubscription)
+DIRECT_TAKE = "rcl, taken through rcl"
+
+
+def _lanes() -> list[tuple[str, str, str]]:
+    """(name, publish path, topic): every publish path into rclpy's raw take, and the rcl path into rcl's take."""
+    from evit_ros.ros.image_publisher import PUBLISH_PATHS
+
+    return [(path, path, PATHS_TOPIC) for path in PUBLISH_PATHS] + [(DIRECT_TAKE, "rcl", DIRECT_TOPIC)]
 
 
 def run_path_publisher(args: argparse.Namespace) -> int:
-    """Child process: the camera's 1080p frame on ``PATHS_TOPIC`` at ``args.rate``, each of the image publish paths
-    (:data:`~evit_ros.ros.image_publisher.PUBLISH_PATHS`) in turn, frame by frame; prints the publish calls' times.
-    The stamp is taken before the frame is serialized, so a subscriber's latency includes each path's copies."""
+    """Child process: the camera's 1080p frame at ``args.rate``, the lanes of :func:`_lanes` taking turns frame by
+    frame; prints the publish calls' times. The stamp is taken before the frame is serialized, so a subscriber's
+    latency includes each path's copies."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from evit_ros.ros.image_publisher import PUBLISH_PATHS, ImagePublisher
+    from evit_ros.ros.image_publisher import ImagePublisher
 
     rclpy.init()
     node = rclpy.create_node("measure_publish_paths")
-    pub = node.create_publisher(Image, PATHS_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
-    writers = {path: ImagePublisher(pub, path) for path in PUBLISH_PATHS}
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {topic: node.create_publisher(Image, topic, qos) for topic in (PATHS_TOPIC, DIRECT_TOPIC)}
+    lanes = [(name, ImagePublisher(pubs[topic], path)) for name, path, topic in _lanes()]
     frame = camera_frame_bgr(0)
     deadline = time.monotonic() + args.startup_timeout
-    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+    while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    calls: dict[str, list[float]] = {path: [] for path in PUBLISH_PATHS}
+    calls: dict[str, list[float]] = {name: [] for name, _ in lanes}
     period = 1.0 / args.rate
-    count = len(PUBLISH_PATHS) * max(1, round(args.seconds * args.rate / len(PUBLISH_PATHS)))
+    count = len(lanes) * max(1, round(args.seconds * args.rate / len(lanes)))
     next_time = time.monotonic() + args.warmup
-    for index in range(count + len(PUBLISH_PATHS)):  # the first turn warms every path up
+    for index in range(count + len(lanes)):  # the first turn warms every lane up
         time.sleep(max(0.0, next_time - time.monotonic()))
         next_time += period
-        path = PUBLISH_PATHS[index % len(PUBLISH_PATHS)]
+        name, writer = lanes[index % len(lanes)]
         start = time.perf_counter()
-        writers[path].publish(frame, "bgr8", Header(stamp=node.get_clock().now().to_msg(), frame_id=path))
-        if index >= len(PUBLISH_PATHS):
-            calls[path].append((time.perf_counter() - start) * 1e3)
+        writer.publish(frame, "bgr8", Header(stamp=node.get_clock().now().to_msg(), frame_id=name))
+        if index >= len(lanes):
+            calls[name].append((time.perf_counter() - start) * 1e3)
     time.sleep(0.5)  # the last frame's delivery
-    print("RESULT " + json.dumps({path: percentiles(ms) for path, ms in calls.items()}), flush=True)
+    print("RESULT " + json.dumps({name: percentiles(ms) for name, ms in calls.items()}), flush=True)
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
 
 
 def measure_publish_paths(args: argparse.Namespace) -> dict:
-    """A 1080p bgr8 frame published from another process through each image publish path in turn (shipped DDS
-    profile): the publish call's time and the frame's latency at a raw subscriber here, per path."""
+    """A 1080p bgr8 frame sent from another process through each lane of :func:`_lanes` in turn (shipped DDS
+    profile): the publish call's time and the frame's stamp -> received latency here, per lane."""
     import os
 
     env = ros_env(dds_profile=True)
     ros_keys = [k for k in env if k.startswith(("ROS_", "FASTDDS_", "RMW_"))]
     saved = {k: os.environ.get(k) for k in ros_keys}
-    os.environ.update({k: env[k] for k in ros_keys})  # this process's subscriber joins the child's private graph
+    os.environ.update({k: env[k] for k in ros_keys})  # this process's subscribers join the child's private graph
     try:
-        return _publish_paths_with_subscriber(args, env)
+        return _publish_paths_with_subscribers(args, env)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -343,12 +354,13 @@ def measure_publish_paths(args: argparse.Namespace) -> dict:
                 os.environ[key] = value
 
 
-def _publish_paths_with_subscriber(args: argparse.Namespace, env: dict[str, str]) -> dict:
+def _publish_paths_with_subscribers(args: argparse.Namespace, env: dict[str, str]) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from evit_ros.ros import rcl_serialized
     from evit_ros.ros.conversions import image_from_cdr
 
     context = rclpy.Context()
@@ -356,9 +368,9 @@ def _publish_paths_with_subscriber(args: argparse.Namespace, env: dict[str, str]
     node = rclpy.create_node("measure_publish_paths_sub", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    latency: dict[str, list[float]] = {}  # per path; its first frame is the publisher's warm-up turn
+    latency: dict[str, list[float]] = {}  # per lane; its first frame is the publisher's warm-up turn
 
-    def on_frame(serialized: bytes) -> None:
+    def on_frame(serialized: bytes | memoryview) -> None:
         received_ns = time.time_ns()
         header = image_from_cdr(serialized).header
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
@@ -366,6 +378,10 @@ def _publish_paths_with_subscriber(args: argparse.Namespace, env: dict[str, str]
 
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
     node.create_subscription(Image, PATHS_TOPIC, on_frame, qos, raw=True)
+    if rcl_serialized.available():
+        rcl_serialized.SerializedSubscription(node, Image, DIRECT_TOPIC, on_frame, qos)
+    else:
+        node.create_subscription(Image, DIRECT_TOPIC, on_frame, qos, raw=True)
     child = subprocess.Popen(
         [sys.executable, "-m", "evit_ros.cli.measure_node", "--publish-paths-child", *_forward(args)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -382,8 +398,8 @@ def _publish_paths_with_subscriber(args: argparse.Namespace, env: dict[str, str]
     if line is None:
         return {"error": (out + err)[-2000:]}
     calls = json.loads(line[len("RESULT ") :])
-    return {path: {"publish_call_ms": calls[path], "latency_ms": percentiles(latency.get(path, [])[1:]),
-                   "frames_received": max(0, len(latency.get(path, [])) - 1)} for path in calls}  # fmt: skip
+    return {name: {"publish_call_ms": calls[name], "latency_ms": percentiles(latency.get(name, [])[1:]),
+                   "frames_received": max(0, len(latency.get(name, [])) - 1)} for name in calls}  # fmt: skip
 
 
 def relay_command(namespace: str, params: Sequence[str] = ()) -> list[str]:
@@ -599,14 +615,15 @@ def main_multi(args: argparse.Namespace) -> int:
 
 
 def main_publish_paths(args: argparse.Namespace) -> int:
-    print(f"publish paths: a {WIDTH}x{HEIGHT} bgr8 frame at {args.rate} Hz to a subscriber in another process, "
-          "the paths taking turns frame by frame (stamped before serialization) ...", flush=True)  # fmt: skip
+    print(f"publish paths: a {WIDTH}x{HEIGHT} bgr8 frame at {args.rate} Hz to another process, taken by rclpy's "
+          f"raw subscription (or through rcl: '{DIRECT_TAKE}'), the paths taking turns frame by frame (stamped "
+          "before serialization) ...", flush=True)  # fmt: skip
     result = measure_publish_paths(args)
     if "error" in result:
         print(f"  failed: {result['error']}")
         return 1
     for path, r in result.items():
-        print(f"  {path:10s}: publish call {_fmt(r['publish_call_ms'])}; stamp -> received {_fmt(r['latency_ms'])}"
+        print(f"  {path:21s}: publish call {_fmt(r['publish_call_ms'])}; stamp -> received {_fmt(r['latency_ms'])}"
               f" ({r['frames_received']} frames)")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
