@@ -25,8 +25,10 @@ drops the message into its camera's one-frame slot. One worker thread takes the 
 that has one, in round-robin order, up to ``batch_size`` of them (default: every camera on a GPU backend, one on
 the CPU, where batching gains nothing), and runs them through the network as one batch; so a camera faster than
 the network makes the node skip frames (counted as ``dropped``) instead of queueing them and falling behind, and
-every camera gets its turn. rgb8/bgr8 frames are read in place from the serialized message and kept in their own
-channel order through pre-processing and the overlay.
+every camera gets its turn. Raw frames are taken serialized through rcl into a buffer of their own
+(:mod:`evit_ros.ros.rcl_serialized`), rgb8/bgr8 read in place from it and kept in their own channel order through
+pre-processing and the overlay; output images are written once into their publisher's serialized buffer and
+handed to rcl (:mod:`evit_ros.ros.image_publisher`).
 
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
 the model cannot be loaded (missing checkpoint, unavailable backend, ...).
