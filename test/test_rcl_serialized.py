@@ -27,35 +27,44 @@ from evit_ros.ros.rcl_serialized import SerializedSubscription  # noqa: E402
 QOS = QoSProfile(depth=64, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 
 
-@pytest.fixture
-def graph():
-    """A context with one node, a subscription recording ``images`` and a way to wait for N messages."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("image_publisher_test", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    received: list[Image] = []
-    node.create_subscription(Image, "images", received.append, QOS)
+class _Graph:
+    """One context and node with an executor; ``received`` collects what a subscription delivers."""
 
-    def publisher() -> rclpy.publisher.Publisher:
-        pub = node.create_publisher(Image, "images", QOS)
+    def __init__(self, name: str) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.received: list = []
+
+    def matched_publisher(self, topic: str) -> rclpy.publisher.Publisher:
+        pub = self.node.create_publisher(Image, topic, QOS)
         deadline = time.monotonic() + 10
         while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            self.executor.spin_once(timeout_sec=0.05)
         assert pub.get_subscription_count() == 1, "the subscription was not matched"
         return pub
 
-    def wait_for(count: int) -> list[Image]:
+    def wait_for(self, count: int) -> list:
         deadline = time.monotonic() + 20
-        while len(received) < count and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        return received
+        while len(self.received) < count and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        return self.received
 
-    yield publisher, wait_for
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def graph():
+    """An rclpy subscription recording ``images`` messages; a way to make matched publishers and to wait."""
+    g = _Graph("image_publisher_test")
+    g.node.create_subscription(Image, "images", g.received.append, QOS)
+    yield (lambda: g.matched_publisher("images")), g.wait_for
+    g.close()
 
 
 def _cases() -> list[tuple[np.ndarray, str, Header]]:
@@ -146,30 +155,11 @@ def test_bad_arguments_are_refused(graph):
 
 @pytest.fixture
 def direct_graph():
-    """A context with a SerializedSubscription on 'frames' (its views kept in ``received``) and a publisher."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("serialized_subscription_test", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    received: list[memoryview] = []
-    subscription = SerializedSubscription(node, Image, "frames", received.append, QOS)
-    pub = node.create_publisher(Image, "frames", QOS)
-    deadline = time.monotonic() + 10
-    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.05)
-    assert pub.get_subscription_count() == 1, "the subscription was not matched"
-
-    def wait_for(count: int) -> list[memoryview]:
-        deadline = time.monotonic() + 20
-        while len(received) < count and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        return received
-
-    yield pub, subscription, received, wait_for
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
+    """A SerializedSubscription on 'frames' (its views kept in ``received``) and a matched publisher."""
+    g = _Graph("serialized_subscription_test")
+    subscription = SerializedSubscription(g.node, Image, "frames", g.received.append, QOS)
+    yield g.matched_publisher("frames"), subscription, g.received, g.wait_for
+    g.close()
 
 
 def test_serialized_subscription_delivers_the_serialized_message(direct_graph):
