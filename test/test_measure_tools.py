@@ -66,3 +66,21 @@ def test_publish_paths_all_deliver_and_are_timed(tmp_path) -> None:
     for path, r in result.items():
         assert r["frames_received"] >= 3, (path, r)
         assert r["publish_call_ms"]["p50"] > 0 and 0 < r["latency_ms"]["p50"] < 60_000, (path, r)
+
+
+def test_direct_rcl_ab_feeds_both_nodes(tmp_path, b0_checkpoint) -> None:
+    """measure_node --direct-rcl-ab: the node with rcl's paths and the node with EVIT_ROS_DIRECT_RCL=0 both run,
+    get frames in turn and deliver labels and overlays."""
+    import json
+
+    from evit_ros.cli.measure_node import NAMESPACE, main
+
+    out = tmp_path / "ab.json"
+    args = ["--direct-rcl-ab", "--rate", "4", "--seconds", "4", "--alternate-s", "1", "--warmup", "2"]
+    assert main([*args, "--weights", str(b0_checkpoint), "--resolution", "256x512", "--json", str(out)]) == 0
+    nodes = json.loads(out.read_text())["nodes"]
+    assert sorted(nodes) == [f"{NAMESPACE}_rcl", f"{NAMESPACE}_rclpy"]
+    for entry in nodes.values():
+        assert entry["node_exit_status"] == 0
+        for output in ("labels", "overlay"):
+            assert entry["cameras"][""][output]["frames_received"] >= 2, (output, entry)

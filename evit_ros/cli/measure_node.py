@@ -3,6 +3,7 @@
     python -m evit_ros.cli.measure_node [--resolution 512x1024] [--backend auto] [--rate 30] [--seconds 20]
     python -m evit_ros.cli.measure_node --cameras 4 [--rate 30] [--seconds 15]
     python -m evit_ros.cli.measure_node --publish-paths [--rate 2] [--seconds 45]
+    python -m evit_ros.cli.measure_node --direct-rcl-ab [--rate 2] [--seconds 200] [--alternate-s 5]
 
 One camera (default):
 
@@ -34,6 +35,9 @@ One camera (default):
 :class:`~evit_ros.ros.image_publisher.ImagePublisher` in turn (rcl, serialized bytes, message) to rclpy's raw
 subscription, and through rcl to :class:`~evit_ros.ros.rcl_serialized.SerializedSubscription`: the publish call's
 time and stamp -> received, per path.
+
+``--direct-rcl-ab``: the node as shipped against the same node with ``EVIT_ROS_DIRECT_RCL=0`` (rclpy's raw take
+and ``bytes`` publishing), one camera feeding them in turn: labels and overlay latency of each.
 
 Prints a table and writes JSON (``--json``). Camera frames are real Cityscapes images from the test data resized
 to 1920x1080 (a synthetic gradient when the data is absent).
@@ -523,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only compare the image publish paths (rcl, serialized bytes, message) on a 1080p frame at --rate",
     )
     parser.add_argument("--publish-paths-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--direct-rcl-ab",
+        action="store_true",
+        help="only compare the node with rcl's serialized take/publish against the same node without them "
+        "(EVIT_ROS_DIRECT_RCL=0), the two fed in turn for --alternate-s seconds each",
+    )
     parser.add_argument("--camera", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     parser.add_argument("--relay", default="", help=argparse.SUPPRESS)  # internal: the transport-floor relay
     parser.add_argument("--alternate-s", type=float, default=10.0, help="--cameras: seconds per node in turn")
@@ -614,6 +624,31 @@ def main_multi(args: argparse.Namespace) -> int:
     return 0
 
 
+def main_direct_rcl_ab(args: argparse.Namespace) -> int:
+    """Two single-camera nodes, one moving images through rcl (the default) and one through rclpy's own paths,
+    fed by one camera in turn: the node's share of the rcl paths' gain, both seeing the same machine load."""
+    args.weights = args.weights or default_weights()
+
+    def command(ns: str, extra: Sequence[str]) -> list[str]:
+        cmd = node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
+        return cmd if ns.endswith("rcl") else ["env", "EVIT_ROS_DIRECT_RCL=0", *cmd]
+
+    print(f"node with and without rcl's serialized take/publish, {WIDTH}x{HEIGHT} bgr8 at {args.rate} Hz, fed in "
+          f"turn ({args.alternate_s} s each) ...", flush=True)  # fmt: skip
+    result = measure_nodes(args, True, {f"{NAMESPACE}_rcl": (), f"{NAMESPACE}_rclpy": ()}, command=command,
+                           alternate=args.alternate_s)  # fmt: skip
+    if "error" in result:
+        print(f"  failed: {result['error']}")
+        return 1
+    for ns, entry in result["nodes"].items():
+        name = ns.rsplit("_", 1)[-1]
+        for output, r in entry["cameras"][""].items():
+            print(f"  {name:5s} {output:7s}: {r['frames_received']} frames, latency {_fmt(r['latency_ms'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main_publish_paths(args: argparse.Namespace) -> int:
     print(f"publish paths: a {WIDTH}x{HEIGHT} bgr8 frame at {args.rate} Hz to another process, taken by rclpy's "
           f"raw subscription (or through rcl: '{DIRECT_TAKE}'), the paths taking turns frame by frame (stamped "
@@ -641,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_path_publisher(args)
     if args.publish_paths:
         return main_publish_paths(args)
+    if args.direct_rcl_ab:
+        return main_direct_rcl_ab(args)
     args.weights = args.weights or default_weights()
     if args.cameras > 0:
         return main_multi(args)
