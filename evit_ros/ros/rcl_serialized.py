@@ -17,7 +17,10 @@ from the librcl this process already loaded; ctypes releases the GIL during each
   executor neither waits on it directly nor takes from it.
 
 :func:`available` says whether this works here; callers fall back to rclpy's own paths otherwise.
-``EVIT_ROS_DIRECT_RCL=0`` turns it off.
+``EVIT_ROS_DIRECT_RCL=0`` turns it off. ``seg_node`` publishes through it but takes its frames with rclpy's own
+``raw=True`` subscription: rclpy's experimental ``EventsExecutor`` aborts the process on a node that has a
+:class:`SerializedSubscription` (it registers the wrapped rcl subscription twice), and a node cannot know which
+executor will spin it. The measuring tools, which spin their own executors, take through it.
 """
 
 from __future__ import annotations
