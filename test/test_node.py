@@ -29,6 +29,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from evit_ros.ros.conversions import image_to_msg
+from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.seg_node import SegNode, _parameter_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ class Harness:
         # The raw node hands its serialized outputs to rcl (this middleware reads them back); the compressed one takes
         # the message path a middleware with another layout would use, so both reach a subscriber here.
         assert self.node.publish_path == "rcl"
+        assert isinstance(self.node.sub_image, SerializedSubscription)  # and frames are taken through rcl
         for image_publisher in self.cnode.cameras[0].images.values():
             image_publisher.path = "message"
         self.tester = rclpy.create_node("seg_tester", context=self.context)
@@ -139,8 +141,11 @@ class Harness:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2)
-        for n in (self.node, self.cnode, self.tester):
+        for n in (self.node, self.cnode):
             n.destroy_node()
+        # destroy_node also destroys the frame subscription, which is kept off the node's own list
+        assert _wait(lambda: self.pub_raw.get_subscription_count() == 0, timeout=10)
+        self.tester.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self.thread.join(timeout=5)
 

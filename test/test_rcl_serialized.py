@@ -159,6 +159,7 @@ def direct_graph():
     g = _Graph("serialized_subscription_test")
     subscription = SerializedSubscription(g.node, Image, "frames", g.received.append, QOS)
     yield g.matched_publisher("frames"), subscription, g.received, g.wait_for
+    subscription.destroy()
     g.close()
 
 
@@ -221,3 +222,71 @@ def test_destroy_removes_the_subscription(direct_graph):
         time.sleep(0.05)
     assert pub.get_subscription_count() == 0
     assert subscription not in list(subscription.node.waitables)
+
+
+def test_the_wrapped_subscription_is_left_to_the_waitable(direct_graph):
+    """No executor sees the rcl subscription as one of the node's: only the waitable waits on it and takes."""
+    _, subscription, _, _ = direct_graph
+    assert subscription.subscription not in list(subscription.node.subscriptions)
+    assert subscription in list(subscription.node.waitables)
+
+
+_EVENTS_EXECUTOR_CHILD = """
+import sys, time
+import numpy as np
+import rclpy
+from rclpy.experimental import EventsExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from evit_ros.ros.conversions import image_from_cdr
+from evit_ros.ros.rcl_serialized import SerializedSubscription
+
+count = int(sys.argv[1])
+rclpy.init()
+node = rclpy.create_node("events_executor_child")
+received = []
+qos = QoSProfile(depth=64, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+subscription = SerializedSubscription(node, Image, "frames", received.append, qos)
+executor = EventsExecutor()
+executor.add_node(node)
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+while len(received) < count and time.monotonic() < deadline:
+    executor.spin_once(timeout_sec=0.05)
+for view in received:
+    msg = image_from_cdr(view)
+    print(msg.header.frame_id, int(np.frombuffer(msg.data, np.uint8).max()), flush=True)
+subscription.destroy()
+node.destroy_node()
+executor.shutdown()
+rclpy.shutdown()
+"""
+
+
+def test_serialized_subscription_runs_under_the_events_executor():
+    """rclpy's experimental EventsExecutor (Kilted on) delivers through the waitable. It aborted the process while
+    the wrapped subscription was also on the node's list (registered twice), hence a child process."""
+    pytest.importorskip("rclpy.experimental", reason="this rclpy has no EventsExecutor")
+    count = 5
+    feeder = _Graph("events_executor_feeder")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EVENTS_EXECUTOR_CHILD, str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        pub = feeder.node.create_publisher(Image, "frames", QOS)
+        deadline = time.monotonic() + 20
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pub.get_subscription_count() == 1, "the child's subscription was not matched"
+        for value in range(1, count + 1):
+            pub.publish(array_to_msg(np.full((64, 64, 3), value, np.uint8), "bgr8", Header(frame_id=str(value))))
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        feeder.close()
+    assert child.returncode == 0, err
+    assert out.split("\n")[:count] == [f"{v} {v}" for v in range(1, count + 1)]

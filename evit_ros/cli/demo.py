@@ -325,6 +325,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from evit_ros.io.encodings import decode_image
+    from evit_ros.ros import rcl_serialized
 
     resolution = args.resolution or demo_resolution(source)
     node_cmd = node_command(NAMESPACE, args.model, weights, resolution, args.backend, args.num_threads)
@@ -376,6 +377,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary["source"] = source
         summary["node_exit_status"] = stop_process(node_proc)
         executor.shutdown()
+        rcl_serialized.destroy_serialized_subscriptions(recorder_node)
         recorder_node.destroy_node()
         rclpy.try_shutdown(context=context)
 

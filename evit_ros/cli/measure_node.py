@@ -36,8 +36,8 @@ One camera (default):
 subscription, and through rcl to :class:`~evit_ros.ros.rcl_serialized.SerializedSubscription`: the publish call's
 time and stamp -> received, per path.
 
-``--direct-rcl-ab``: the node as shipped against the same node with ``EVIT_ROS_DIRECT_RCL=0`` (rclpy's ``bytes``
-publishing), one camera feeding them in turn: labels and overlay latency of each.
+``--direct-rcl-ab``: the node as shipped against the same node with ``EVIT_ROS_DIRECT_RCL=0`` (rclpy's raw take
+and ``bytes`` publishing), one camera feeding them in turn: labels and overlay latency of each.
 
 Prints a table and writes JSON (``--json``). Camera frames are real Cityscapes images from the test data resized
 to 1920x1080 (a synthetic gradient when the data is absent).
@@ -175,6 +175,7 @@ def run_camera(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from evit_ros.ros import rcl_serialized
     from evit_ros.ros.image_publisher import ImagePublisher
 
     context = rclpy.Context()
@@ -243,6 +244,7 @@ def run_camera(args: argparse.Namespace) -> int:
         result["nodes"][ns] = entry
     print("RESULT " + json.dumps(result), flush=True)
     executor.shutdown()
+    rcl_serialized.destroy_serialized_subscriptions(node)
     node.destroy_node()
     rclpy.try_shutdown(context=context)
     return 0
@@ -257,6 +259,7 @@ def run_relay(namespace: str) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from evit_ros.ros import rcl_serialized
     from evit_ros.ros.conversions import image_from_cdr, msg_to_image
     from evit_ros.ros.image_publisher import ImagePublisher
 
@@ -267,18 +270,22 @@ def run_relay(namespace: str) -> int:
     )
     labels = np.zeros((HEIGHT, WIDTH), np.uint8)
 
-    def on_image(serialized: bytes) -> None:
+    def on_image(serialized: bytes | memoryview) -> None:
         msg = image_from_cdr(serialized)
         image, _ = msg_to_image(msg)
         pub.publish_labels(labels[: image.shape[0], : image.shape[1]], msg.header)
 
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-    node.create_subscription(Image, "image", on_image, qos, raw=True)  # read as seg_node reads
+    if rcl_serialized.available():  # read as seg_node reads
+        rcl_serialized.SerializedSubscription(node, Image, "image", on_image, qos)
+    else:
+        node.create_subscription(Image, "image", on_image, qos, raw=True)
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        rcl_serialized.destroy_serialized_subscriptions(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
@@ -392,6 +399,7 @@ def _publish_paths_with_subscribers(args: argparse.Namespace, env: dict[str, str
         out, err = child.communicate()
     finally:
         executor.shutdown()
+        rcl_serialized.destroy_serialized_subscriptions(node)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
     line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
@@ -526,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--direct-rcl-ab",
         action="store_true",
-        help="only compare the node publishing through rcl against the same node publishing through rclpy "
+        help="only compare the node with rcl's serialized take/publish against the same node without them "
         "(EVIT_ROS_DIRECT_RCL=0), the two fed in turn for --alternate-s seconds each",
     )
     parser.add_argument("--camera", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
@@ -621,15 +629,15 @@ def main_multi(args: argparse.Namespace) -> int:
 
 
 def main_direct_rcl_ab(args: argparse.Namespace) -> int:
-    """Two single-camera nodes, one publishing through rcl (the default) and one through rclpy's ``bytes`` path, fed
-    by one camera in turn: the node's share of the rcl path's gain, both seeing the same machine load."""
+    """Two single-camera nodes, one moving images through rcl (the default) and one through rclpy's own paths,
+    fed by one camera in turn: the node's share of the rcl paths' gain, both seeing the same machine load."""
     args.weights = args.weights or default_weights()
 
     def command(ns: str, extra: Sequence[str]) -> list[str]:
         cmd = node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
         return cmd if ns.endswith("rcl") else ["env", "EVIT_ROS_DIRECT_RCL=0", *cmd]
 
-    print(f"node publishing through rcl and through rclpy, {WIDTH}x{HEIGHT} bgr8 at {args.rate} Hz, fed in "
+    print(f"node with and without rcl's serialized take/publish, {WIDTH}x{HEIGHT} bgr8 at {args.rate} Hz, fed in "
           f"turn ({args.alternate_s} s each) ...", flush=True)  # fmt: skip
     result = measure_nodes(args, True, {f"{NAMESPACE}_rcl": (), f"{NAMESPACE}_rclpy": ()}, command=command,
                            alternate=args.alternate_s)  # fmt: skip

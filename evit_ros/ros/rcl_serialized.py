@@ -13,14 +13,12 @@ from the librcl this process already loaded; ctypes releases the GIL during each
 - :class:`SerializedSubscription`: a subscription whose callback gets a ``memoryview`` of the buffer the
   middleware copied the message into (allocated with rcutils' default allocator, freed when the last view of it
   goes). It is an rclpy ``Waitable``: the executor waits on the rcl subscription through it, and it takes the
-  message itself; the rclpy ``Subscription`` it wraps sits in a callback group the executor never runs, so the
-  executor neither waits on it directly nor takes from it.
+  message itself. The rclpy ``Subscription`` it wraps is kept off the node's list of subscriptions, so that no
+  executor handles it as one of the node's: rclpy's experimental ``EventsExecutor`` would otherwise register the
+  same rcl subscription twice and abort the process, and the wait-set executors would take from it themselves.
 
 :func:`available` says whether this works here; callers fall back to rclpy's own paths otherwise.
-``EVIT_ROS_DIRECT_RCL=0`` turns it off. ``seg_node`` publishes through it but takes its frames with rclpy's own
-``raw=True`` subscription: rclpy's experimental ``EventsExecutor`` aborts the process on a node that has a
-:class:`SerializedSubscription` (it registers the wrapped rcl subscription twice), and a node cannot know which
-executor will spin it. The measuring tools, which spin their own executors, take through it.
+``EVIT_ROS_DIRECT_RCL=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
 from rclpy.waitable import NumberOfEntities, Waitable
 
-__all__ = ["SerializedSubscription", "available", "publish_serialized"]
+__all__ = ["SerializedSubscription", "available", "destroy_serialized_subscriptions", "publish_serialized"]
 
 _RCL_RET_OK = 0
 _RCL_RET_SUBSCRIPTION_TAKE_FAILED = 401  # rcl/types.h: nothing to take, no error
@@ -144,7 +142,9 @@ class _NeverRun(CallbackGroup):
 
 class SerializedSubscription(Waitable):
     """A subscription delivering each message serialized, as a ``memoryview`` of the buffer rmw took it into
-    (see the module docstring). Created on ``node`` and added to it; :meth:`destroy` removes both."""
+    (see the module docstring). Created on ``node`` and added to it; :meth:`destroy` removes both. It must be
+    called (or :func:`destroy_serialized_subscriptions`) before ``node.destroy_node()``, which does not know of
+    the subscription."""
 
     def __init__(
         self,
@@ -158,10 +158,12 @@ class SerializedSubscription(Waitable):
         super().__init__(callback_group or node.default_callback_group)
         self.node = node
         self.callback = callback
-        # rclpy's subscription is the rcl object; the executor leaves it to this waitable.
+        # rclpy's subscription is the rcl object; this waitable alone waits on it and takes from it.
         self.subscription = node.create_subscription(
             msg_type, topic, _never_called, qos, callback_group=_NeverRun(), raw=True
         )
+        self._node_subscriptions = _detach(node, self.subscription)
+        self._destroyed = False
         self._index: int | None = None
         self._ready = False
         self._info = ctypes.create_string_buffer(_MESSAGE_INFO_BYTES)
@@ -215,8 +217,36 @@ class SerializedSubscription(Waitable):
             self.callback(taken_data)
 
     def destroy(self) -> None:
+        """Remove the waitable from the node and destroy the subscription. ``Node.destroy_node`` does neither, as
+        the subscription is not on the node's list: owners call this first. Calling it again does nothing."""
+        if self._destroyed:
+            return
+        self._destroyed = True
         self.node.remove_waitable(self)
+        if self._node_subscriptions is not None:  # back on the node's list, so the node destroys it its own way
+            self._node_subscriptions.append(self.subscription)
         self.node.destroy_subscription(self.subscription)
+
+
+def destroy_serialized_subscriptions(node: Node) -> None:
+    """Destroy every :class:`SerializedSubscription` on ``node``; call it before ``node.destroy_node()``."""
+    for waitable in list(node.waitables):
+        if isinstance(waitable, SerializedSubscription):
+            waitable.destroy()
+
+
+def _detach(node: Node, subscription) -> list | None:
+    """Take ``subscription`` off ``node``'s own list (``Node.subscriptions``); returns that list, or None where
+    this rclpy keeps it under another name. rclpy has no public call for this: the list is ``_subscriptions`` in
+    Kilted, the first release with the ``EventsExecutor``, and ``_Node__subscriptions`` in older ones. Where
+    neither is found the subscription stays listed, in a callback group that keeps the wait-set executors from
+    taking from it."""
+    for name in ("_subscriptions", "_Node__subscriptions"):
+        subscriptions = getattr(node, name, None)
+        if isinstance(subscriptions, list) and subscription in subscriptions:
+            subscriptions.remove(subscription)
+            return subscriptions
+    return None
 
 
 def _never_called(_message) -> None:

@@ -25,9 +25,10 @@ drops the message into its camera's one-frame slot. One worker thread takes the 
 that has one, in round-robin order, up to ``batch_size`` of them (default: every camera on a GPU backend, one on
 the CPU, where batching gains nothing), and runs them through the network as one batch; so a camera faster than
 the network makes the node skip frames (counted as ``dropped``) instead of queueing them and falling behind, and
-every camera gets its turn. rgb8/bgr8 frames are read in place from the serialized message and kept in their own
-channel order through pre-processing and the overlay; output images are written once into their publisher's
-serialized buffer and handed to rcl (:mod:`evit_ros.ros.image_publisher`).
+every camera gets its turn. Raw frames are taken serialized through rcl into a buffer of their own
+(:mod:`evit_ros.ros.rcl_serialized`), rgb8/bgr8 read in place from it and kept in their own channel order through
+pre-processing and the overlay; output images are written once into their publisher's serialized buffer and
+handed to rcl (:mod:`evit_ros.ros.image_publisher`).
 
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
 the model cannot be loaded (missing checkpoint, unavailable backend, ...).
@@ -67,8 +68,10 @@ from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, pars
 from evit_ros.pipeline import processing
 from evit_ros.pipeline.allocation import retain_freed_memory
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
+from evit_ros.ros import rcl_serialized
 from evit_ros.ros.conversions import compressed_to_image, image_from_cdr, msg_to_image
 from evit_ros.ros.image_publisher import ImagePublisher, publish_path
+from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
 from evit_ros.runtime import batching_pays
 from evit_ros.runtime.base import BACKENDS, PRECISIONS
@@ -438,6 +441,7 @@ class SegNode(Node):
         # Output images are written once into a reused serialized buffer and handed to rcl where that works here
         # (see image_publisher), else the next cheapest path.
         self.publish_path = publish_path()
+        self.direct_take = rcl_serialized.available()
         label_encoding = "mono8" if processing.label_dtype(self.segmenter.num_classes) == np.uint8 else "mono16"
         table = String(
             data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, label_encoding)
@@ -463,9 +467,13 @@ class SegNode(Node):
                 cam.sub_image = self.create_subscription(
                     CompressedImage, cam.topic("image/compressed"), self._image_callback(cam), in_qos
                 )
+            elif self.direct_take:
+                # raw: taken serialized into a buffer of its own, no Python bytes in between (rcl_serialized); the
+                # worker reads the pixels in place from it (image_from_cdr)
+                cam.sub_image = SerializedSubscription(
+                    self, Image, cam.topic("image"), self._image_callback(cam), in_qos
+                )
             else:
-                # raw: the worker reads the pixels in place from the serialized message (image_from_cdr). rclpy's own
-                # take, not rcl_serialized.SerializedSubscription: that Waitable aborts rclpy's EventsExecutor.
                 cam.sub_image = self.create_subscription(
                     Image, cam.topic("image"), self._image_callback(cam), in_qos, raw=True
                 )
@@ -735,6 +743,7 @@ class SegNode(Node):
 
     def destroy_node(self) -> None:
         self.stop()
+        rcl_serialized.destroy_serialized_subscriptions(self)  # not destroyed with the node
         super().destroy_node()
         if self.segmenter is not None:
             self.segmenter.close()
