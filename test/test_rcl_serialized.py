@@ -290,3 +290,19 @@ def test_serialized_subscription_runs_under_the_events_executor():
         feeder.close()
     assert child.returncode == 0, err
     assert out.split("\n")[:count] == [f"{v} {v}" for v in range(1, count + 1)]
+
+
+def test_a_failed_rcl_call_reports_rcl_s_message_and_clears_it():
+    """rcl's error state is read into the error and reset, so a later failure starts clean (no "overwriting")."""
+    import ctypes
+
+    from evit_ros.ros import rcl_serialized
+
+    functions = rcl_serialized._rcl()
+    error_is_set = rcl_serialized._function("librcutils", "rcutils_error_is_set", [], ctypes.c_bool)
+    empty = rcl_serialized._SerializedMessage(None, 0, 0)
+    for _ in range(2):
+        status = functions["publish"](None, ctypes.byref(empty), None)  # no publisher: rcl refuses and says why
+        assert status != 0 and error_is_set()
+        assert "publisher" in rcl_serialized._take_error_message()
+        assert not error_is_set()

@@ -63,6 +63,11 @@ class _SerializedMessage(ctypes.Structure):
     ]
 
 
+class _ErrorString(ctypes.Structure):
+    # rcutils_error_string_t (rcutils/error_handling.h: RCUTILS_ERROR_MESSAGE_MAX_LENGTH is 1024)
+    _fields_ = [("str", ctypes.c_char * 1024)]
+
+
 _DEALLOCATE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
@@ -107,6 +112,8 @@ def _rcl() -> dict | None:
         "take": _function("librcl", "rcl_take_serialized_message",
                           [ctypes.c_void_p, message, ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int),
         "default_allocator": _function("librcutils", "rcutils_get_default_allocator", [], _Allocator),
+        "error_string": _function("librcutils", "rcutils_get_error_string", [], _ErrorString),
+        "reset_error": _function("librcutils", "rcutils_reset_error", [], None),
     }  # fmt: skip
     return functions if all(functions.values()) else None
 
@@ -114,6 +121,15 @@ def _rcl() -> dict | None:
 def available() -> bool:
     """Whether rcl's serialized publish and take can be called directly in this process."""
     return _rcl() is not None
+
+
+def _take_error_message() -> str:
+    """The message rcl set for the call that just failed, and the error state cleared. The state is per thread
+    (ctypes runs the call in this one); left set, the next failure would also print an "overwriting" warning."""
+    functions = _rcl()
+    message = functions["error_string"]().str.decode("utf-8", "replace")
+    functions["reset_error"]()
+    return message
 
 
 def publish_serialized(publisher: Publisher, buffer: memoryview | bytearray, length: int) -> None:
@@ -124,7 +140,9 @@ def publish_serialized(publisher: Publisher, buffer: memoryview | bytearray, len
     with publisher.handle:
         status = _rcl()["publish"](publisher.handle.pointer, ctypes.byref(message), None)
     if status != _RCL_RET_OK:
-        raise RuntimeError(f"rcl_publish_serialized_message failed on {publisher.topic_name} (rcl {status})")
+        raise RuntimeError(
+            f"rcl_publish_serialized_message failed on {publisher.topic_name} (rcl {status}: {_take_error_message()})"
+        )
 
 
 class _NeverRun(CallbackGroup):
@@ -206,8 +224,10 @@ class SerializedSubscription(Waitable):
         if status == _RCL_RET_SUBSCRIPTION_TAKE_FAILED:
             return None
         if status != _RCL_RET_OK:  # logged, not raised: an exception here would stop the executor's spin
+            error = _take_error_message()
             self.node.get_logger().error(
-                f"rcl_take_serialized_message failed on {self.topic_name} (rcl {status})", throttle_duration_sec=5.0
+                f"rcl_take_serialized_message failed on {self.topic_name} (rcl {status}: {error})",
+                throttle_duration_sec=5.0,
             )
             return None
         return _owned_view(message)
