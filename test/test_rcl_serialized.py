@@ -20,7 +20,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from evit_ros.ros.conversions import array_to_msg, image_from_cdr  # noqa: E402
+from evit_ros.ros.conversions import array_to_msg, image_from_cdr, labels_to_msg  # noqa: E402
 from evit_ros.ros.image_publisher import PUBLISH_PATHS, ImagePublisher, publish_path  # noqa: E402
 from evit_ros.ros.rcl_serialized import SerializedSubscription  # noqa: E402
 
@@ -89,10 +89,16 @@ def test_every_path_delivers_the_message_array_to_msg_describes(graph, path):
     cases = _cases()
     for pixels, encoding, header in cases:
         images.publish(pixels, encoding, header)
-    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    images.publish_labels(labels, Header(frame_id="labels"))
-    received = wait_for(len(cases) + 1)
-    expected = [array_to_msg(p, e, h) for p, e, h in cases] + [array_to_msg(labels, "mono8", Header(frame_id="labels"))]
+    label_maps = [
+        np.arange(12, dtype=np.uint8).reshape(3, 4),
+        np.arange(70, dtype=np.uint8).reshape(7, 10)[1:6, 2:9],  # a crop: rows not packed
+        np.arange(0, 6000, 100, dtype=np.uint16).reshape(6, 10)[:, ::2],  # every other column
+    ]
+    for labels in label_maps:
+        images.publish_labels(labels, Header(frame_id="labels"))
+    received = wait_for(len(cases) + len(label_maps))
+    expected = [array_to_msg(p, e, h) for p, e, h in cases]
+    expected += [labels_to_msg(labels, Header(frame_id="labels")) for labels in label_maps]
     assert len(received) == len(expected)
     for got, want in zip(received, expected, strict=True):
         assert got == want, f"{path}: {want.encoding} {want.height}x{want.width} differs"

@@ -38,6 +38,7 @@ __all__ = [
     "decode_compressed",
     "decode_image",
     "encode_labels",
+    "label_encoding",
     "image_view",
     "rgb_to_bgr",
 ]
@@ -210,23 +211,28 @@ def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarra
     return bgr if order == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def encode_labels(labels: np.ndarray) -> tuple[str, int, np.ndarray]:
-    """A 2-D label map as ``(encoding, step, data)`` for a ``sensor_msgs/Image``; ``data`` is a flat uint8 array
-    (a view of ``labels`` when it is already packed: no copy).
-
-    ``uint8`` -> ``"mono8"``; ``uint16`` -> ``"mono16"`` (little-endian, so ``is_bigendian = 0``).
-    """
-    labels = np.asarray(labels)
+def label_encoding(labels: np.ndarray) -> str:
+    """The ``sensor_msgs/Image`` encoding of a 2-D label map: ``uint8`` -> ``"mono8"``, ``uint16`` ->
+    ``"mono16"``. Checks the map without touching its pixels."""
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
     _check_size(labels.shape[0], labels.shape[1])
     if labels.dtype == np.uint8:
-        encoding = "mono8"
-    elif labels.dtype == np.uint16:
-        encoding = "mono16"
+        return "mono8"
+    if labels.dtype == np.uint16:
+        return "mono16"
+    raise ValueError(f"labels must be uint8 or uint16, got {labels.dtype}")
+
+
+def encode_labels(labels: np.ndarray) -> tuple[str, int, np.ndarray]:
+    """A 2-D label map as ``(encoding, step, data)`` for a ``sensor_msgs/Image``; ``data`` is a flat uint8 array
+    (a view of ``labels`` when it is already packed: no copy). ``mono16`` is little-endian (``is_bigendian = 0``);
+    see :func:`label_encoding`.
+    """
+    labels = np.asarray(labels)
+    encoding = label_encoding(labels)
+    if encoding == "mono16":
         labels = labels.astype("<u2", copy=False)
-    else:
-        raise ValueError(f"labels must be uint8 or uint16, got {labels.dtype}")
     contiguous = np.ascontiguousarray(labels)
     return encoding, contiguous.strides[0], contiguous.reshape(-1).view(np.uint8)
 

@@ -19,7 +19,7 @@ import numpy as np
 from rclpy.publisher import Publisher
 from std_msgs.msg import Header
 
-from evit_ros.io.encodings import encode_labels
+from evit_ros.io.encodings import label_encoding
 from evit_ros.ros import rcl_serialized
 from evit_ros.ros.conversions import array_to_cdr, array_to_msg, cdr_image_prefix, cdr_round_trips
 
@@ -66,9 +66,9 @@ class ImagePublisher:
             self._publish_rcl(pixels, encoding, header)
 
     def publish_labels(self, labels: np.ndarray, header: Header | None = None) -> None:
-        """Publish a label map as mono8 / mono16 (see :func:`evit_ros.io.encodings.encode_labels`)."""
-        encoding = encode_labels(labels)[0]
-        self.publish(labels, encoding, header)
+        """Publish a label map as mono8 / mono16 (see :func:`evit_ros.io.encodings.label_encoding`); the pixels are
+        copied once, straight into the message, whatever their strides."""
+        self.publish(labels, label_encoding(labels), header)
 
     def _publish_rcl(self, pixels: np.ndarray, encoding: str, header: Header | None) -> None:
         height, width = pixels.shape[:2]
