@@ -112,6 +112,11 @@ def test_overlay_in_bgr_is_the_rgb_overlay_swapped(bgr):
     rgb_result = overlay(np.ascontiguousarray(bgr[:, :, ::-1]), labels, CITYSCAPES_PALETTE, 0.4)
     bgr_result = overlay(bgr, labels, palette_bgr, 0.4)
     np.testing.assert_array_equal(bgr_result, rgb_result[:, :, ::-1])
+    into = np.zeros_like(bgr)  # seg_node blends straight into the overlay message's pixels
+    assert overlay(bgr, labels, palette_bgr, 0.4, out=into) is into
+    np.testing.assert_array_equal(into, bgr_result)
+    with pytest.raises(ValueError, match="out must be"):
+        overlay(bgr, labels, palette_bgr, 0.4, out=np.zeros(bgr.shape[:2], np.uint8))
     lut = np.zeros((256, 3), np.uint8)
     lut[:19] = CITYSCAPES_PALETTE
     np.testing.assert_array_equal(colorize(labels, CITYSCAPES_PALETTE), lut[labels])  # unknown ids are black

@@ -28,6 +28,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
+from evit_ros.pipeline import processing
 from evit_ros.ros.conversions import image_to_msg
 from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.seg_node import SegNode, _parameter_table
@@ -245,7 +246,13 @@ def test_rgb8_input_gives_the_same_labels(harness, reference, frames_bgr):
     stamp = _stamped(msg)
     h.pub_raw.publish(msg)
     labels = h.wait_for("raw/labels", stamp)
-    assert np.array_equal(_as_array(labels), reference.segment(bgr, order="bgr").labels)
+    expected = reference.segment(bgr, order="bgr").labels
+    assert np.array_equal(_as_array(labels), expected)
+    # blended in RGB, then written into the bgr8 message: the overlay a bgr8 frame gets
+    overlay = h.wait_for("raw/overlay", stamp)
+    assert overlay.encoding == "bgr8"
+    palette_bgr = np.ascontiguousarray(reference.palette[:, ::-1])
+    assert np.array_equal(_as_array(overlay), processing.overlay(bgr, expected, palette_bgr, 0.5))
 
 
 def test_compressed_jpeg_input(harness, reference, frames_bgr):

@@ -87,6 +87,28 @@ def test_refined_on_hard_synthetic_logits() -> None:
         assert float((labels == exact).mean()) >= MIN_AGREEMENT, (classes, low, size)
 
 
+@pytest.mark.parametrize("mode", POSTPROCESS_MODES)
+@pytest.mark.parametrize(("classes", "size"), [(19, (700, 1000)), (19, (24, 40)), (300, (96, 160))])
+def test_labels_written_into_a_given_array_are_the_returned_labels(mode: str, classes: int, size) -> None:
+    """``out`` (a message's pixel buffer in the node) receives exactly the labels postprocess would return, in
+    every mode, at upsampling, at network size and for uint16 label maps; a wrong ``out`` is refused."""
+    rng = np.random.default_rng(classes)
+    logits = resize_logits(rng.normal(0, 4, (classes, 6, 10)).astype(np.float32), (24, 40))
+    labels, conf = postprocess(logits, size, mode, return_confidence=True)
+    if labels.dtype == np.uint8:  # a view behind a message prefix, as in the node
+        out = np.full(8 + size[0] * size[1], 255, np.uint8)[8:].reshape(size)
+    else:
+        out = np.full(size, 65535, np.uint16)
+    got, got_conf = postprocess(logits, size, mode, return_confidence=True, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, labels)
+    np.testing.assert_array_equal(got_conf, conf)
+    with pytest.raises(ValueError, match="out must be"):
+        postprocess(logits, size, mode, out=np.empty((size[0], size[1] + 1), labels.dtype))
+    with pytest.raises(ValueError, match="out must be"):
+        postprocess(logits, size, mode, out=np.empty(size, np.int32))
+
+
 def test_modes_are_one_tuple_and_bad_ones_are_refused() -> None:
     assert POSTPROCESS_MODES == ("exact", "refined", "fast")
     logits = np.zeros((19, 8, 16), np.float32)

@@ -104,6 +104,35 @@ def test_every_path_delivers_the_message_array_to_msg_describes(graph, path):
         assert got == want, f"{path}: {want.encoding} {want.height}x{want.width} differs"
 
 
+@pytest.mark.parametrize("path", PUBLISH_PATHS)
+def test_a_loaned_image_is_published_as_filled_and_stays_readable_until_the_next(graph, path):
+    make_publisher, wait_for = graph
+    images = ImagePublisher(make_publisher(), path)
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 1000, (9, 11), dtype=np.uint16)
+    second = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    with images.loan(first.shape, np.uint16, "mono16", Header(frame_id="a")) as into:
+        assert into.shape == first.shape and into.dtype == np.dtype("<u2") and into.flags.writeable
+        into[:] = first
+    assert np.array_equal(into, first), "the loaned array changed after its publish"
+    kept = into
+    with pytest.raises(RuntimeError, match="failed while filling"):
+        with images.loan(second.shape, np.uint8, "bgr8", Header(frame_id="not sent")) as into:
+            into[:] = 0
+            raise RuntimeError("failed while filling")
+    with images.loan(second.shape, np.uint8, "bgr8", Header(frame_id="b")) as into:
+        np.copyto(into, second)
+    received = wait_for(2)
+    assert [m.header.frame_id for m in received] == ["a", "b"], "a loan left by an exception must not be published"
+    assert received[0] == labels_to_msg(first, Header(frame_id="a"))
+    assert received[1] == array_to_msg(second, "bgr8", Header(frame_id="b"))
+    if path == "rcl":  # the message's own buffer: the next loan reuses it
+        assert np.shares_memory(kept, into)
+    with pytest.raises(ValueError, match="empty or not 2-D"):
+        with images.loan((0, 4), np.uint8, "mono8"):
+            pass
+
+
 def test_the_reused_buffer_is_free_again_once_publish_returns(graph):
     """Large then small then large images through one buffer: each arrives as it was when published."""
     make_publisher, wait_for = graph

@@ -38,6 +38,7 @@ __all__ = [
     "decode_compressed",
     "decode_image",
     "encode_labels",
+    "label_dtype_encoding",
     "label_encoding",
     "image_view",
     "rgb_to_bgr",
@@ -211,17 +212,24 @@ def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarra
     return bgr if order == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def label_dtype_encoding(dtype: np.dtype | type) -> str:
+    """The ``sensor_msgs/Image`` encoding of label maps of ``dtype``: ``uint8`` -> ``"mono8"``, ``uint16`` ->
+    ``"mono16"``."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return "mono8"
+    if dtype == np.uint16:
+        return "mono16"
+    raise ValueError(f"labels must be uint8 or uint16, got {dtype}")
+
+
 def label_encoding(labels: np.ndarray) -> str:
-    """The ``sensor_msgs/Image`` encoding of a 2-D label map: ``uint8`` -> ``"mono8"``, ``uint16`` ->
-    ``"mono16"``. Checks the map without touching its pixels."""
+    """The ``sensor_msgs/Image`` encoding of a 2-D label map (:func:`label_dtype_encoding`). Checks the map
+    without touching its pixels."""
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
     _check_size(labels.shape[0], labels.shape[1])
-    if labels.dtype == np.uint8:
-        return "mono8"
-    if labels.dtype == np.uint16:
-        return "mono16"
-    raise ValueError(f"labels must be uint8 or uint16, got {labels.dtype}")
+    return label_dtype_encoding(labels.dtype)
 
 
 def encode_labels(labels: np.ndarray) -> tuple[str, int, np.ndarray]:

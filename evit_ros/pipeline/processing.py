@@ -140,6 +140,7 @@ def postprocess(
     size: tuple[int, int] | None,
     mode: str = "exact",
     return_confidence: bool = False,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """C x h x w logits -> (labels H x W, confidence H x W or None); see POSTPROCESS_MODES.
 
@@ -147,24 +148,35 @@ def postprocess(
     mode "refined" gives the same labels, computing bicubic logits only near class boundaries;
     mode "fast" takes argmax at network resolution and upsamples labels nearest-neighbour.
     Confidence is the softmax probability of each pixel's label.
+    With ``out`` (H x W of :func:`label_dtype`, e.g. a message's own pixel buffer) the labels are written there
+    and ``out`` is returned as the labels.
     """
     if mode not in POSTPROCESS_MODES:
         raise ValueError(f"postprocess mode must be one of {', '.join(POSTPROCESS_MODES)}, got '{mode}'")
     num_classes = logits.shape[0]
     dtype = label_dtype(num_classes)
+    if out is not None:
+        expected = tuple(size) if size is not None else tuple(logits.shape[1:])
+        if out.shape != expected or out.dtype != dtype:
+            raise ValueError(f"out must be a {expected} {dtype} array, got {out.shape} {out.dtype}")
     if mode == "refined" and size is not None and not _refine_pays_off(logits.shape[1:], size):
         mode = "exact"  # the exact path is the reference, and cheaper at small upsampling factors
     if size is None or mode == "exact":
         full = resize_logits(logits, size) if size is not None else logits
-        labels = full.argmax(axis=0).astype(dtype)
+        winners = full.argmax(axis=0)
+        if out is None:
+            labels = winners.astype(dtype)
+        else:
+            labels = out
+            np.copyto(labels, winners, casting="unsafe")  # class ids < 2**16 fit the label dtype
         conf = softmax_confidence(full) if return_confidence else None
         return labels, conf
     if mode == "refined":
-        return refine_labels(logits, size, return_confidence)
+        return refine_labels(logits, size, return_confidence, out=out)
     labels = logits.argmax(axis=0).astype(dtype)
     conf = softmax_confidence(logits) if return_confidence else None
     out_h, out_w = size
-    labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+    labels = cv2.resize(labels, (out_w, out_h), dst=out, interpolation=cv2.INTER_NEAREST)
     if conf is not None:
         conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return labels, conf
@@ -298,7 +310,7 @@ def _cell_weights(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def refine_labels(
-    logits: np.ndarray, size: tuple[int, int], return_confidence: bool = False
+    logits: np.ndarray, size: tuple[int, int], return_confidence: bool = False, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels equal to argmax(bicubic(logits)) at `size`, computing bicubic values only where needed.
 
@@ -309,7 +321,7 @@ def refine_labels(
     not ruled out by the same bound against a reference class and, if more than one remains,
     evaluate their bicubic logits for the cell's pixels. Confidence (when asked) is the exact
     softmax in evaluated cells and the bilinear network-resolution probability elsewhere, where
-    every tap has the same winning class.
+    every tap has the same winning class. With ``out`` (``size``, the label dtype) the labels are written there.
     """
     c, h, w = logits.shape
     out_h, out_w = size
@@ -343,7 +355,7 @@ def refine_labels(
     blocks = grid.reshape(cells[0], ys.block, cells[1], xs.block)  # a view: writes land in grid
     if len(todo):
         _refine_cells(padded, todo, ys.cell_weights, xs.cell_weights, blocks, conf, ys.take, xs.take)
-    return _take_grid(grid, ys.take, xs.take), conf
+    return _take_grid(grid, ys.take, xs.take, out), conf
 
 
 def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
@@ -352,13 +364,18 @@ def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
     return [(lo, hi, int(index[lo])) for lo, hi in zip(bounds[:-1], bounds[1:], strict=False)]
 
 
-def _take_grid(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """a[rows][:, cols] for increasing indices made of a few consecutive runs (cells without padding follow
-    each other), in one pass of slice copies instead of a gather per element."""
+def _take_grid(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a[rows][:, cols] (into ``out`` when given) for increasing indices made of a few consecutive runs (cells
+    without padding follow each other), in one pass of slice copies instead of a gather per element."""
     row_runs, col_runs = _runs(rows), _runs(cols)
     if len(row_runs) * len(col_runs) > 4096:
-        return a.take(rows, axis=0).take(cols, axis=1)
-    out = np.empty((len(rows), len(cols), *a.shape[2:]), dtype=a.dtype)
+        taken = a.take(rows, axis=0).take(cols, axis=1)
+        if out is None:
+            return taken
+        np.copyto(out, taken)
+        return out
+    if out is None:
+        out = np.empty((len(rows), len(cols), *a.shape[2:]), dtype=a.dtype)
     for y0, y1, sy in row_runs:
         for x0, x1, sx in col_runs:
             out[y0:y1, x0:x1] = a[sy : sy + y1 - y0, sx : sx + x1 - x0]
@@ -444,11 +461,16 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return np.take(lut, labels, axis=0)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Alpha-blend the colourised labels over an image of the same size and channel order as palette."""
+def overlay(
+    image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Alpha-blend the colourised labels over an image of the same size and channel order as palette (into
+    ``out``, an array of the image's shape and dtype, when given)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+    if out is not None and (out.shape != image.shape or out.dtype != image.dtype):
+        raise ValueError(f"out must be a {image.shape} {image.dtype} array, got {out.shape} {out.dtype}")
     color = colorize(labels, palette)
     if color.shape[:2] != image.shape[:2]:
         color = cv2.resize(color, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return cv2.addWeighted(color, alpha, image, 1.0 - alpha, 0.0)
+    return cv2.addWeighted(color, alpha, image, 1.0 - alpha, 0.0, dst=out)

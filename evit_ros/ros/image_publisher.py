@@ -9,11 +9,17 @@ buffer to rcl (:func:`evit_ros.ros.rcl_serialized.publish_serialized`: the GIL i
 copies it). Where that is not available it falls back, once per process, to the next cheapest path: serialized
 ``bytes`` where rclpy reads this package's CDR back (:func:`~evit_ros.ros.conversions.cdr_round_trips`), else
 messages.
+
+:meth:`ImagePublisher.loan` goes one copy further: it lends the message's own pixel buffer, so a computed image
+(labels, an overlay) is written straight into the message instead of into an array that is then copied there.
+A 1080p image does not fit in the CPU's caches, so every copy of it costs a pass over main memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 from rclpy.publisher import Publisher
@@ -70,16 +76,45 @@ class ImagePublisher:
         copied once, straight into the message, whatever their strides."""
         self.publish(labels, label_encoding(labels), header)
 
-    def _publish_rcl(self, pixels: np.ndarray, encoding: str, header: Header | None) -> None:
-        height, width = pixels.shape[:2]
-        nbytes = pixels.size * pixels.itemsize
-        prefix = cdr_image_prefix(header, height, width, encoding, nbytes // height, nbytes)
-        total = len(prefix) + nbytes
+    @contextlib.contextmanager
+    def loan(
+        self, shape: tuple[int, ...], dtype: np.dtype | type, encoding: str, header: Header | None = None
+    ) -> Iterator[np.ndarray]:
+        """An uninitialised ``shape`` array of ``dtype`` (little-endian) to fill inside the ``with`` block; on a
+        normal exit it is published as ``encoding`` with ``header``, after an exception it is not.
+
+        Through rcl the array is this message's own pixel buffer, so filling it is the pixels' only copy before the
+        middleware's; on the other paths it is a new array, published as :meth:`publish` would. Either way it stays
+        readable after the block until this publisher's next ``publish`` or ``loan``, which may reuse the buffer.
+        """
+        shape = tuple(int(n) for n in shape)
+        if len(shape) < 2 or shape[0] <= 0 or shape[1] <= 0:
+            raise ValueError(f"image is empty or not 2-D: shape {shape}")
+        dtype = np.dtype(dtype).newbyteorder("<")
+        if self.path != "rcl":
+            pixels = np.empty(shape, dtype)
+            yield pixels
+            self.publish(pixels, encoding, header)
+            return
         with self._lock:
-            if self._buffer.size < total:
-                self._buffer = np.empty(total, np.uint8)
-            buf = self._buffer
-            buf[: len(prefix)] = np.frombuffer(prefix, np.uint8)
-            # The pixels' offset is a multiple of 4 from the buffer's start, so any pixel type lies aligned.
-            np.copyto(buf[len(prefix) : total].view(pixels.dtype).reshape(pixels.shape), pixels)
+            buf, start, total = self._message_buffer(shape, dtype, encoding, header)
+            yield buf[start:total].view(dtype).reshape(shape)
             rcl_serialized.publish_serialized(self.publisher, buf, total)
+
+    def _message_buffer(
+        self, shape: tuple[int, ...], dtype: np.dtype, encoding: str, header: Header | None
+    ) -> tuple[np.ndarray, int, int]:
+        """This publisher's buffer holding the serialized message up to its pixels; (buffer, pixels' offset, message
+        length). The caller holds the lock."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        prefix = cdr_image_prefix(header, shape[0], shape[1], encoding, nbytes // shape[0], nbytes)
+        total = len(prefix) + nbytes
+        if self._buffer.size < total:
+            self._buffer = np.empty(total, np.uint8)
+        self._buffer[: len(prefix)] = np.frombuffer(prefix, np.uint8)
+        # The pixels' offset is a multiple of 4 from the buffer's start, so any pixel type lies aligned.
+        return self._buffer, len(prefix), total
+
+    def _publish_rcl(self, pixels: np.ndarray, encoding: str, header: Header | None) -> None:
+        with self.loan(pixels.shape, pixels.dtype, encoding, header) as message_pixels:
+            np.copyto(message_pixels, pixels)

@@ -64,6 +64,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
+from evit_ros.io.encodings import label_dtype_encoding
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
 from evit_ros.pipeline.allocation import retain_freed_memory
@@ -442,7 +443,8 @@ class SegNode(Node):
         # (see image_publisher), else the next cheapest path.
         self.publish_path = publish_path()
         self.direct_take = rcl_serialized.available()
-        label_encoding = "mono8" if processing.label_dtype(self.segmenter.num_classes) == np.uint8 else "mono16"
+        self.label_dtype = processing.label_dtype(self.segmenter.num_classes)
+        label_encoding = label_dtype_encoding(self.label_dtype)
         table = String(
             data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, label_encoding)
         )
@@ -623,19 +625,29 @@ class SegNode(Node):
         in_size = image.shape[:2]
         out_size = tuple(self.segmenter.resolution) if rt["mask_resolution"] == "network" else in_size
         finite = bool(np.isfinite(logits).all())
-        labels, conf = processing.postprocess(logits, out_size, rt["postprocess_mode"], want["confidence"])
-
+        mode = rt["postprocess_mode"]
         if want["labels"]:
-            cam.images["labels"].publish_labels(labels, header)
+            # Computed straight into the message's pixels: the labels' only copy before the middleware's. The loaned
+            # array stays valid for the overlay below (this publisher's buffer is reused at its next frame).
+            encoding = label_dtype_encoding(self.label_dtype)
+            with cam.images["labels"].loan(out_size, self.label_dtype, encoding, header) as into:
+                labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
+        else:
+            labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"])
         if want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
             cam.images["color"].publish(colours, "rgb8", header)
         if want["overlay"]:
-            # Blended in the camera's own channel order: bgr8 input needs no swap on the way in or out.
+            # Blended in the camera's own channel order: bgr8 input needs no swap on the way in, nor on the way out,
+            # where the blend is written straight into the message.
             base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
             palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
-            blended = processing.overlay(base, labels, palette, float(rt["overlay_alpha"]))
-            cam.images["overlay"].publish(blended if job.order == "bgr" else blended[:, :, ::-1], "bgr8", header)
+            alpha = float(rt["overlay_alpha"])
+            with cam.images["overlay"].loan(base.shape, np.uint8, "bgr8", header) as into:
+                if job.order == "bgr":
+                    processing.overlay(base, labels, palette, alpha, out=into)
+                else:
+                    cv2.cvtColor(processing.overlay(base, labels, palette, alpha), cv2.COLOR_RGB2BGR, dst=into)
         if want["confidence"]:
             if rt["confidence_encoding"] == "mono8":
                 conf8 = np.clip(np.rint(np.nan_to_num(conf) * 255.0), 0, 255).astype(np.uint8)
