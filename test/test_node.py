@@ -448,8 +448,12 @@ def test_fast_camera_drops_stale_frames_and_processes_the_newest(harness, frames
     assert int(_diag_value(h, node, "dropped_frames", since)) >= dropped
 
 
-def test_diagnostics_fields(harness):
+def test_diagnostics_fields(harness, frames_bgr):
     h, node = harness, harness.node
+    msg = image_to_msg(frames_bgr[0], "bgr8")  # timings need a frame, whichever tests ran before
+    stamp = _stamped(msg)
+    h.pub_raw.publish(msg)
+    h.wait_for("raw/labels", stamp)
     since = time.monotonic()
     assert _wait(lambda: _diag_value(h, node, "backend", since) is not None, 5)
     name = f"{node.get_fully_qualified_name()}: segmentation"
@@ -464,6 +468,9 @@ def test_diagnostics_fields(harness):
     assert values["backend"] == "torch" and values["precision"] == "fp32"
     assert int(values["nan_frames"]) == 0
     assert float(values["inference_ms"]) > 0
+    # the Segmenter's frame -> labels in the node: network (with pre-processing) plus post-processing, both timed
+    assert float(values["postprocess_ms"]) > 0
+    assert float(values["segment_ms_p50"]) >= min(float(values["inference_ms"]), float(values["inference_ms_max"]))
 
 
 # ---------------------------------------------------------------------------------------------- subprocess

@@ -305,6 +305,8 @@ class _Stats:
         self.nan = 0
         self.idle = 0  # frames taken while no output had a subscriber
         self.infer_ms: deque[float] = deque(maxlen=200)
+        self.post_ms: deque[float] = deque(maxlen=200)
+        self.segment_ms: deque[float] = deque(maxlen=200)  # the Segmenter's frame -> labels: network + post
         self.latency_ms: deque[float] = deque(maxlen=200)
         self.last_error = ""
         self._mark = (time.monotonic(), 0, 0)
@@ -631,9 +633,13 @@ class SegNode(Node):
             # array stays valid for the overlay below (this publisher's buffer is reused at its next frame).
             encoding = label_dtype_encoding(self.label_dtype)
             with cam.images["labels"].loan(out_size, self.label_dtype, encoding, header) as into:
+                t0 = time.perf_counter()
                 labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
+                post_ms = (time.perf_counter() - t0) * 1e3
         else:
+            t0 = time.perf_counter()
             labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"])
+            post_ms = (time.perf_counter() - t0) * 1e3
         if want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
             cam.images["color"].publish(colours, "rgb8", header)
@@ -662,6 +668,8 @@ class SegNode(Node):
         with cam.stats.lock:
             cam.stats.frames_out += 1
             cam.stats.infer_ms.append(infer_ms)
+            cam.stats.post_ms.append(post_ms)
+            cam.stats.segment_ms.append(infer_ms + post_ms)
             if not finite:
                 cam.stats.nan += 1
             if stamp_ns > 0:
@@ -677,6 +685,8 @@ class SegNode(Node):
         s = cam.stats
         with s.lock:
             infer = list(s.infer_ms)[-30:]
+            post = list(s.post_ms)[-30:]
+            segment = list(s.segment_ms)[-30:]
             latency = list(s.latency_ms)[-30:]
             counters = {
                 "frames_in": s.frames_in,
@@ -692,6 +702,8 @@ class SegNode(Node):
             "output_rate_hz": f"{rate_out:.2f}",
             "inference_ms": f"{np.mean(infer):.2f}" if infer else "nan",
             "inference_ms_max": f"{max(infer):.2f}" if infer else "nan",
+            "postprocess_ms": f"{np.mean(post):.2f}" if post else "nan",
+            "segment_ms_p50": f"{_percentile(segment, 50):.2f}" if segment else "nan",
             "latency_ms": f"{np.mean(latency):.2f}" if latency else "nan",
             "latency_ms_p90": f"{_percentile(latency, 90):.2f}" if latency else "nan",
             **{k: str(v) for k, v in counters.items()},
