@@ -84,3 +84,28 @@ def test_direct_rcl_ab_feeds_both_nodes(tmp_path, b0_checkpoint) -> None:
         assert entry["node_exit_status"] == 0
         for output in ("labels", "overlay"):
             assert entry["cameras"][""][output]["frames_received"] >= 2, (output, entry)
+
+
+def test_node_overhead_run_feeds_node_and_relay_in_turn(tmp_path, b0_checkpoint, capsys) -> None:
+    """measure_node (one camera, shipped profile): the node and the transport-floor relay are fed in turn by one
+    camera; the node's outputs, its in-node Segmenter timing and the relay's labels are all recorded, and the
+    overhead figures are derived from them."""
+    import json
+
+    from evit_ros.cli.measure_node import main
+
+    out = tmp_path / "overhead.json"
+    args = ["--rate", "4", "--seconds", "4", "--alternate-s", "1", "--warmup", "2", "--repeats", "2"]
+    args += ["--skip-no-profile", "--weights", str(b0_checkpoint), "--resolution", "256x512", "--json", str(out)]
+    assert main(args) == 0
+    r = json.loads(out.read_text())["node"]["shipped_profile"]
+    assert r["node_exit_status"] == 0
+    assert r["labels"]["frames_received"] >= 2 and r["overlay"]["frames_received"] >= 2
+    assert r["transport_floor"]["frames_received"] >= 2, "the relay got no frames in its turns"
+    node = r["labels"]["node"]
+    assert float(node["postprocess_ms"]) > 0 and float(node["segment_ms_p50"]) > 0
+    latency = r["labels"]["latency_ms"]["p50"]
+    assert r["node_overhead_in_run_ms"] == pytest.approx(latency - float(node["segment_ms_p50"]), abs=0.02)
+    floor = r["transport_floor"]["latency_ms"]["p50"]
+    assert r["node_overhead_beyond_transport_ms"] == pytest.approx(r["node_overhead_ms"] - floor, abs=0.02)
+    assert "node overhead (shipped_profile)" in capsys.readouterr().out

@@ -244,6 +244,8 @@ class Recorder:
                     "bad_frames",
                     "nan_frames",
                     "inference_ms",
+                    "postprocess_ms",
+                    "segment_ms_p50",
                     "input_rate_hz",
                     "output_rate_hz",
                     "backend",

@@ -19,10 +19,14 @@ One camera (default):
    the header is read, as a C++ planner would cost next to nothing to take them).
    End-to-end latency = receive time of the output minus the frame's stamp.
 3. Transport floor: a relay (no segmentation) that reads each frame as the node does and publishes a labels-sized
-   image as the node does, same camera and profile: what DDS and rclpy alone cost.
-4. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50 at the camera's
-   rate (measured before and after the nodes, pooled; also printed against the back-to-back p50), and that
-   overhead minus the transport floor.
+   image as the node does, same camera and profile: what DDS and rclpy alone cost. With the shipped profile the
+   camera feeds the node and the relay in turn (``--alternate-s`` seconds each) in one run, so both see the
+   same machine.
+4. Node overhead = the node's labels latency p50 minus the Segmenter's own frame -> labels p50, two ways: the
+   Segmenter in this process at the camera's rate (measured before and after the nodes, pooled; also printed
+   against the back-to-back p50), and the Segmenter inside the node on the same frames (its diagnostics'
+   ``segment_ms_p50``, network + post-processing, over its last 30 frames); and the node's labels p50 minus
+   the relay's: the node's own work beyond the transport.
 
 ``--cameras N`` (shipped DDS profile; labels subscribed on every camera):
 
@@ -186,8 +190,10 @@ def run_camera(args: argparse.Namespace) -> int:
     spaces = args.namespaces.split(",")
     names = args.camera_names.split(",") if args.camera_names else [""]
     outputs = tuple(args.outputs.split(","))
+    labels_only = set(filter(None, args.labels_only.split(",")))
+    outputs_of = {ns: ("labels",) if ns in labels_only else outputs for ns in spaces}
     keys = [(ns, name) for ns in spaces for name in names]
-    recorders = {(ns, name): Recorder(node, f"{ns}/{name}" if name else ns, outputs, serialized=True)
+    recorders = {(ns, name): Recorder(node, f"{ns}/{name}" if name else ns, outputs_of[ns], serialized=True)
                  for ns, name in keys}  # fmt: skip
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
     topics = {(ns, name): f"{ns}/{name}/image" if name else f"{ns}/image" for ns, name in keys}
@@ -240,7 +246,7 @@ def run_camera(args: argparse.Namespace) -> int:
         entry["publish_rate_hz"] = round(entry["published"] / fed[ns], 2) if fed[ns] else 0.0
         for name in names:
             recorder = recorders[(ns, name)]
-            entry["cameras"][name] = {o: recorder.summary(o, since=t_measure, until=t_end) for o in outputs}
+            entry["cameras"][name] = {o: recorder.summary(o, since=t_measure, until=t_end) for o in outputs_of[ns]}
         result["nodes"][ns] = entry
     print("RESULT " + json.dumps(result), flush=True)
     executor.shutdown()
@@ -433,10 +439,12 @@ def measure_nodes(
     outputs: str = "labels,overlay",
     alternate: float = 0.0,
     command=None,
+    labels_only: Sequence[str] = (),
 ) -> dict:
     """One ``seg_node`` process per entry of ``nodes`` (namespace -> extra ``-p`` parameters), all fed by one camera
     process (``cameras``: names for a multi-camera node, () for one camera); the camera's JSON plus each node's
-    peak RSS and exit status."""
+    peak RSS and exit status. ``command(namespace, extra)`` replaces the node's command line; the namespaces in
+    ``labels_only`` are recorded on ``labels`` alone (the relay)."""
     env = ros_env(dds_profile=with_profile)
     procs = {}
     for ns, params in nodes.items():
@@ -453,6 +461,7 @@ def measure_nodes(
     child_cmd = [sys.executable, "-m", "evit_ros.cli.measure_node", "--camera", *_forward(args)]
     child_cmd += ["--namespaces", ",".join(nodes), "--outputs", outputs, "--alternate", str(alternate)]
     child_cmd += ["--camera-names", ",".join(cameras)] if cameras else []
+    child_cmd += ["--labels-only", ",".join(labels_only)] if labels_only else []
     rss = {}
     errors = ""
     try:
@@ -480,13 +489,30 @@ def measure_nodes(
     return result
 
 
-def measure_config(args: argparse.Namespace, with_profile: bool) -> dict:
-    """The single-camera node with one 1080p camera: the camera's result for that node."""
-    result = measure_nodes(args, with_profile, {NAMESPACE: ()})
+RELAY_NAMESPACE = f"{NAMESPACE}_relay"
+
+
+def measure_config(args: argparse.Namespace, with_profile: bool, with_relay: bool = False) -> dict:
+    """The single-camera node with one 1080p camera: the camera's result for that node. ``with_relay``: the camera
+    feeds the node and the transport-floor relay in turn (``args.alternate_s`` s each); the relay's labels result is
+    under ``transport_floor``."""
+    if with_relay:
+
+        def command(ns: str, extra: Sequence[str]) -> list[str]:
+            if ns == RELAY_NAMESPACE:
+                return relay_command(ns)
+            return node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
+
+        nodes = {NAMESPACE: (), RELAY_NAMESPACE: ()}
+        result = measure_nodes(
+            args, with_profile, nodes, alternate=args.alternate_s, command=command, labels_only=(RELAY_NAMESPACE,)
+        )
+    else:
+        result = measure_nodes(args, with_profile, {NAMESPACE: ()})
     if "error" in result:
         return result
     entry = result["nodes"][NAMESPACE]
-    return {
+    config = {
         "published": entry["published"],
         "publish_rate_hz": entry["publish_rate_hz"],
         "warmup_s": result["warmup_s"],
@@ -495,6 +521,10 @@ def measure_config(args: argparse.Namespace, with_profile: bool) -> dict:
         "node_exit_status": entry["node_exit_status"],
         "node_peak_rss_mib": entry["node_peak_rss_mib"],
     }
+    if with_relay:
+        relay = result["nodes"][RELAY_NAMESPACE]
+        config["transport_floor"] = {"published": relay["published"], **relay["cameras"][""]["labels"]}
+    return config
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
@@ -539,10 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--camera", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     parser.add_argument("--relay", default="", help=argparse.SUPPRESS)  # internal: the transport-floor relay
-    parser.add_argument("--alternate-s", type=float, default=10.0, help="--cameras: seconds per node in turn")
+    parser.add_argument(
+        "--alternate-s",
+        type=float,
+        default=10.0,
+        help="seconds per node in turn: the node and the relay (one camera), --cameras and --direct-rcl-ab",
+    )
     parser.add_argument("--camera-names", default="", help=argparse.SUPPRESS)
     parser.add_argument("--namespaces", default=NAMESPACE, help=argparse.SUPPRESS)
     parser.add_argument("--outputs", default="labels,overlay", help=argparse.SUPPRESS)
+    parser.add_argument("--labels-only", default="", help=argparse.SUPPRESS)
     parser.add_argument("--alternate", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser
 
@@ -694,32 +730,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = {"backend_only": backend, "camera": f"{WIDTH}x{HEIGHT} bgr8 @ {args.rate} Hz", "node": {}}
     configs = [("shipped_profile", True)] + ([] if args.skip_no_profile else [("fastdds_defaults", False)])
+    floor_p50 = None
     for name, with_profile in configs:
-        print(f"node, {name} ...", flush=True)
-        r = measure_config(args, with_profile)
+        print(f"node, {name}{', in turn with the transport-floor relay' if with_profile else ''} ...", flush=True)
+        r = measure_config(args, with_profile, with_relay=with_profile)
         results["node"][name] = r
         if "error" in r:
             print(f"  failed: {r['error']}")
             continue
         lab, ov, node = r["labels"], r["overlay"], r["labels"]["node"]
-        print(f"  camera published {r['published']} frames at {r['publish_rate_hz']} Hz")
+        print(f"  camera published {r['published']} frames at {r['publish_rate_hz']} Hz to the node")
         print(f"  labels : {lab['frames_received']} frames, {lab['output_fps']} FPS, latency {_fmt(lab['latency_ms'])}")
         print(f"  overlay: {ov['frames_received']} frames, {ov['output_fps']} FPS, latency {_fmt(ov['latency_ms'])}")
         print(
             f"  node: in {node['input_rate_hz']} Hz, out {node['output_rate_hz']} Hz, inference {node['inference_ms']}"
-            f" ms, dropped {node['dropped_frames']} of {node['frames_in']} received",
+            f" ms, post-processing {node['postprocess_ms']} ms, Segmenter frame -> labels p50 "
+            f"{node['segment_ms_p50']} ms (last 30 frames), dropped {node['dropped_frames']} of {node['frames_in']} "
+            "received",
             flush=True,
         )
-    print("transport floor: a relay that reads the frame and publishes labels, no segmentation ...", flush=True)
-    floor = measure_nodes(args, True, {f"{NAMESPACE}_relay": ()}, outputs="labels", command=relay_command)
-    floor_p50 = None
-    if "error" in floor:
-        print(f"  failed: {floor['error']}")
-    else:
-        floor_lab = next(iter(floor["nodes"].values()))["cameras"][""]["labels"]
-        floor_p50 = floor_lab["latency_ms"]["p50"]
-        print(f"  labels: {floor_lab['frames_received']} frames, latency {_fmt(floor_lab['latency_ms'])}")
-    results["transport_floor"] = floor
+        if "transport_floor" in r:
+            floor = r["transport_floor"]
+            floor_p50 = floor["latency_ms"]["p50"]
+            print(f"  transport floor (relay: reads the frame, publishes labels, no segmentation): "
+                  f"{floor['frames_received']} frames, latency {_fmt(floor['latency_ms'])}")  # fmt: skip
     # The Segmenter again after the nodes: the overhead is judged against both runs pooled, so a load change on a
     # shared machine during the run shows (before vs after) instead of silently biasing the figure.
     print("backend only, again ...", flush=True)
@@ -741,10 +775,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  node overhead ({name}): labels latency p50 - Segmenter frame->labels p50 at the camera rate = "
                   f"{overhead} ms (goal <= 10); against the back-to-back Segmenter "
                   f"{r['node_overhead_vs_back_to_back_ms']} ms")  # fmt: skip
-            if floor_p50 is not None and name == "shipped_profile":
+            in_node = r["labels"]["node"].get("segment_ms_p50")
+            if in_node not in (None, "nan"):
+                r["node_overhead_in_run_ms"] = round(r["labels"]["latency_ms"]["p50"] - float(in_node), 2)
+                print(f"    against the Segmenter inside the node on the same frames ({in_node} ms): "
+                      f"{r['node_overhead_in_run_ms']} ms")  # fmt: skip
+            if floor_p50 is not None and "transport_floor" in r:
                 r["node_overhead_beyond_transport_ms"] = round(overhead - floor_p50, 2)
-                print(f"    of which DDS + rclpy transport (relay p50) {floor_p50} ms; the node's own work "
-                      f"{r['node_overhead_beyond_transport_ms']} ms")  # fmt: skip
+                beyond = f"{r['node_overhead_beyond_transport_ms']} ms"
+                if "node_overhead_in_run_ms" in r:
+                    r["node_overhead_in_run_beyond_transport_ms"] = round(r["node_overhead_in_run_ms"] - floor_p50, 2)
+                    beyond += f" ({r['node_overhead_in_run_beyond_transport_ms']} ms against the node's Segmenter)"
+                print(f"    of which DDS + rclpy transport (the relay's labels p50, same run) {floor_p50} ms; "
+                      f"the node's own work {beyond}")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
