@@ -102,6 +102,7 @@ def test_node_overhead_run_feeds_node_and_relay_in_turn(tmp_path, b0_checkpoint,
     assert r["node_exit_status"] == 0
     assert r["labels"]["frames_received"] >= 2 and r["overlay"]["frames_received"] >= 2
     assert r["transport_floor"]["frames_received"] >= 2, "the relay got no frames in its turns"
+    assert r["labels"]["output_fps"] > 0 and r["transport_floor"]["output_fps"] > 0  # over the time each was fed
     node = r["labels"]["node"]
     assert float(node["postprocess_ms"]) > 0 and float(node["segment_ms_p50"]) > 0
     latency = r["labels"]["latency_ms"]["p50"]

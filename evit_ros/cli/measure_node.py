@@ -521,9 +521,12 @@ def measure_config(args: argparse.Namespace, with_profile: bool, with_relay: boo
         "node_exit_status": entry["node_exit_status"],
         "node_peak_rss_mib": entry["node_peak_rss_mib"],
     }
-    if with_relay:
+    if with_relay:  # each was fed part of the time: rates over the time it was fed
         relay = result["nodes"][RELAY_NAMESPACE]
         config["transport_floor"] = {"published": relay["published"], **relay["cameras"][""]["labels"]}
+        for out, fed in ((config["labels"], entry["fed_s"]), (config["overlay"], entry["fed_s"]),
+                         (config["transport_floor"], relay["fed_s"])):  # fmt: skip
+            out["output_fps"] = round(out["frames_received"] / fed, 2) if fed else 0.0
     return config
 
 
@@ -742,11 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  camera published {r['published']} frames at {r['publish_rate_hz']} Hz to the node")
         print(f"  labels : {lab['frames_received']} frames, {lab['output_fps']} FPS, latency {_fmt(lab['latency_ms'])}")
         print(f"  overlay: {ov['frames_received']} frames, {ov['output_fps']} FPS, latency {_fmt(ov['latency_ms'])}")
+        rates = "" if "transport_floor" in r else f"in {node['input_rate_hz']} Hz, out {node['output_rate_hz']} Hz, "
         print(
-            f"  node: in {node['input_rate_hz']} Hz, out {node['output_rate_hz']} Hz, inference {node['inference_ms']}"
-            f" ms, post-processing {node['postprocess_ms']} ms, Segmenter frame -> labels p50 "
-            f"{node['segment_ms_p50']} ms (last 30 frames), dropped {node['dropped_frames']} of {node['frames_in']} "
-            "received",
+            f"  node: {rates}inference {node['inference_ms']} ms, post-processing {node['postprocess_ms']} ms, "
+            f"Segmenter frame -> labels p50 {node['segment_ms_p50']} ms (last 30 frames), dropped "
+            f"{node['dropped_frames']} of {node['frames_in']} received",
             flush=True,
         )
         if "transport_floor" in r:

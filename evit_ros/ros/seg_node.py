@@ -626,7 +626,6 @@ class SegNode(Node):
         cam, want, image, header = job.camera, job.want, job.image, job.msg.header
         in_size = image.shape[:2]
         out_size = tuple(self.segmenter.resolution) if rt["mask_resolution"] == "network" else in_size
-        finite = bool(np.isfinite(logits).all())
         mode = rt["postprocess_mode"]
         if want["labels"]:
             # Computed straight into the message's pixels: the labels' only copy before the middleware's. The loaned
@@ -665,6 +664,7 @@ class SegNode(Node):
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        finite = bool(np.isfinite(logits).all())  # checked once the outputs are out: it only counts and warns
         with cam.stats.lock:
             cam.stats.frames_out += 1
             cam.stats.infer_ms.append(infer_ms)
