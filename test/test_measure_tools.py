@@ -106,7 +106,8 @@ def test_node_overhead_run_feeds_node_and_relay_in_turn(tmp_path, b0_checkpoint,
     node = r["labels"]["node"]
     assert float(node["postprocess_ms"]) > 0 and float(node["segment_ms_p50"]) > 0
     latency = r["labels"]["latency_ms"]["p50"]
-    assert r["node_overhead_in_run_ms"] == pytest.approx(latency - float(node["segment_ms_p50"]), abs=0.02)
+    assert r["node_overhead_ms"] == pytest.approx(latency - float(node["segment_ms_p50"]), abs=0.02)
     floor = r["transport_floor"]["latency_ms"]["p50"]
-    assert r["node_overhead_beyond_transport_ms"] == pytest.approx(r["node_overhead_ms"] - floor, abs=0.02)
+    assert r["node_own_work_ms"] == pytest.approx(r["node_overhead_ms"] - floor, abs=0.02)
+    assert r["node_own_work_vs_paced_ms"] == pytest.approx(r["node_overhead_vs_paced_ms"] - floor, abs=0.02)
     assert "node overhead (shipped_profile)" in capsys.readouterr().out
