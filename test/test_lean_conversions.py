@@ -115,6 +115,9 @@ def test_overlay_in_bgr_is_the_rgb_overlay_swapped(bgr):
     into = np.zeros_like(bgr)  # seg_node blends straight into the overlay message's pixels
     assert overlay(bgr, labels, palette_bgr, 0.4, out=into) is into
     np.testing.assert_array_equal(into, bgr_result)
+    strided = np.zeros((bgr.shape[0], bgr.shape[1] * 2, 3), np.uint8)[:, ::2]
+    assert overlay(bgr, labels, palette_bgr, 0.4, out=strided) is strided
+    np.testing.assert_array_equal(strided, bgr_result)
     with pytest.raises(ValueError, match="out must be"):
         overlay(bgr, labels, palette_bgr, 0.4, out=np.zeros(bgr.shape[:2], np.uint8))
     lut = np.zeros((256, 3), np.uint8)

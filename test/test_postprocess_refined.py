@@ -103,6 +103,9 @@ def test_labels_written_into_a_given_array_are_the_returned_labels(mode: str, cl
     assert got is out
     np.testing.assert_array_equal(out, labels)
     np.testing.assert_array_equal(got_conf, conf)
+    strided = np.zeros((size[0], size[1] * 2), labels.dtype)[:, ::2]  # OpenCV cannot write into this one itself
+    assert postprocess(logits, size, mode, out=strided)[0] is strided
+    np.testing.assert_array_equal(strided, labels)
     with pytest.raises(ValueError, match="out must be"):
         postprocess(logits, size, mode, out=np.empty((size[0], size[1] + 1), labels.dtype))
     with pytest.raises(ValueError, match="out must be"):

@@ -176,7 +176,7 @@ def postprocess(
     labels = logits.argmax(axis=0).astype(dtype)
     conf = softmax_confidence(logits) if return_confidence else None
     out_h, out_w = size
-    labels = cv2.resize(labels, (out_w, out_h), dst=out, interpolation=cv2.INTER_NEAREST)
+    labels = _into(out, cv2.resize(labels, (out_w, out_h), dst=_cv_dst(out), interpolation=cv2.INTER_NEAREST))
     if conf is not None:
         conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return labels, conf
@@ -473,4 +473,17 @@ def overlay(
     color = colorize(labels, palette)
     if color.shape[:2] != image.shape[:2]:
         color = cv2.resize(color, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return cv2.addWeighted(color, alpha, image, 1.0 - alpha, 0.0, dst=out)
+    return _into(out, cv2.addWeighted(color, alpha, image, 1.0 - alpha, 0.0, dst=_cv_dst(out)))
+
+
+def _cv_dst(out: np.ndarray | None) -> np.ndarray | None:
+    """``out`` where OpenCV can write into it (C-contiguous; OpenCV refuses other layouts), else None."""
+    return out if out is not None and out.flags.c_contiguous else None
+
+
+def _into(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
+    """``out`` holding ``result`` (a copy only where OpenCV could not write into ``out`` itself)."""
+    if out is None or result is out:
+        return result
+    np.copyto(out, result)
+    return out
