@@ -121,6 +121,18 @@ def test_colorize_and_overlay():
         overlay(image, labels, CITYSCAPES_PALETTE, alpha=1.5)
 
 
+def test_all_finite_finds_every_nan_and_inf():
+    from evit_ros.pipeline.processing import all_finite
+
+    logits = np.random.default_rng(0).normal(0, 5, (19, 16, 32)).astype(np.float32)
+    assert all_finite(logits) and all_finite(np.empty((0, 3), np.float32))
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in ((0, 0, 0), (18, 15, 31), (7, 3, 11)):
+            spoiled = logits.copy()
+            spoiled[where] = bad
+            assert not all_finite(spoiled), (bad, where)
+
+
 def test_labels_are_uint16_beyond_256_classes():
     logits = np.zeros((300, 4, 4), dtype=np.float32)
     logits[299] = 1.0

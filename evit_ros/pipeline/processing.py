@@ -128,6 +128,12 @@ def label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """True when no value is NaN or +-Inf. NaN and +-Inf reach the max or the min, so two reductions tell, without
+    the mask of the whole array that ``np.isfinite(values).all()`` would allocate."""
+    return values.size == 0 or bool(np.isfinite(values.max()) and np.isfinite(values.min()))
+
+
 def softmax_confidence(logits: np.ndarray) -> np.ndarray:
     """Per-pixel probability of the winning class, from C x H x W logits."""
     top = logits.max(axis=0)

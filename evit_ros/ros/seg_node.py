@@ -446,9 +446,9 @@ class SegNode(Node):
         self.publish_path = publish_path()
         self.direct_take = rcl_serialized.available()
         self.label_dtype = processing.label_dtype(self.segmenter.num_classes)
-        label_encoding = label_dtype_encoding(self.label_dtype)
+        self.label_encoding = label_dtype_encoding(self.label_dtype)
         table = String(
-            data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, label_encoding)
+            data=class_table_json(p["model"], self.segmenter.class_names, self.segmenter.palette, self.label_encoding)
         )
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         for cam in self.cameras:
@@ -630,8 +630,7 @@ class SegNode(Node):
         if want["labels"]:
             # Computed straight into the message's pixels: the labels' only copy before the middleware's. The loaned
             # array stays valid for the overlay below (this publisher's buffer is reused at its next frame).
-            encoding = label_dtype_encoding(self.label_dtype)
-            with cam.images["labels"].loan(out_size, self.label_dtype, encoding, header) as into:
+            with cam.images["labels"].loan(out_size, self.label_dtype, self.label_encoding, header) as into:
                 t0 = time.perf_counter()
                 labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
                 post_ms = (time.perf_counter() - t0) * 1e3
@@ -664,7 +663,7 @@ class SegNode(Node):
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        finite = bool(np.isfinite(logits).all())  # checked once the outputs are out: it only counts and warns
+        finite = processing.all_finite(logits)  # checked once the outputs are out: it only counts and warns
         with cam.stats.lock:
             cam.stats.frames_out += 1
             cam.stats.infer_ms.append(infer_ms)
