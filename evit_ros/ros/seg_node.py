@@ -36,6 +36,7 @@ the model cannot be loaded (missing checkpoint, unavailable backend, ...).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -627,16 +628,16 @@ class SegNode(Node):
         in_size = image.shape[:2]
         out_size = tuple(self.segmenter.resolution) if rt["mask_resolution"] == "network" else in_size
         mode = rt["postprocess_mode"]
-        if want["labels"]:
-            # Computed straight into the message's pixels: the labels' only copy before the middleware's. The loaned
-            # array stays valid for the overlay below (this publisher's buffer is reused at its next frame).
-            with cam.images["labels"].loan(out_size, self.label_dtype, self.label_encoding, header) as into:
-                t0 = time.perf_counter()
-                labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
-                post_ms = (time.perf_counter() - t0) * 1e3
-        else:
+        # Labels are computed straight into their message's pixels: their only copy before the middleware's. The
+        # loaned array stays valid for the outputs below (this publisher's buffer is reused at its next frame).
+        labels_loan = (
+            cam.images["labels"].loan(out_size, self.label_dtype, self.label_encoding, header)
+            if want["labels"]
+            else contextlib.nullcontext()
+        )
+        with labels_loan as into:
             t0 = time.perf_counter()
-            labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"])
+            labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
             post_ms = (time.perf_counter() - t0) * 1e3
         if want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
