@@ -443,8 +443,8 @@ def measure_nodes(
 ) -> dict:
     """One ``seg_node`` process per entry of ``nodes`` (namespace -> extra ``-p`` parameters), all fed by one camera
     process (``cameras``: names for a multi-camera node, () for one camera); the camera's JSON plus each node's
-    peak RSS and exit status. ``command(namespace, extra)`` replaces the node's command line; the namespaces in
-    ``labels_only`` are recorded on ``labels`` alone (the relay)."""
+    peak RSS and exit status. ``command(namespace, extra)`` replaces a node's command line (None: seg_node's); the
+    namespaces in ``labels_only`` are recorded on ``labels`` alone (the relay)."""
     env = ros_env(dds_profile=with_profile)
     procs = {}
     for ns, params in nodes.items():
@@ -453,9 +453,8 @@ def measure_nodes(
             *params,
             *([f"cameras:=[{','.join(cameras)}]"] if cameras else []),
         ]
-        if command is not None:
-            cmd = command(ns, extra)
-        else:
+        cmd = command(ns, extra) if command is not None else None
+        if cmd is None:
             cmd = node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
         procs[ns] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     child_cmd = [sys.executable, "-m", "evit_ros.cli.measure_node", "--camera", *_forward(args)]
@@ -497,15 +496,14 @@ def measure_config(args: argparse.Namespace, with_profile: bool, with_relay: boo
     feeds the node and the transport-floor relay in turn (``args.alternate_s`` s each); the relay's labels result is
     under ``transport_floor``."""
     if with_relay:
-
-        def command(ns: str, extra: Sequence[str]) -> list[str]:
-            if ns == RELAY_NAMESPACE:
-                return relay_command(ns)
-            return node_command(ns, args.model, args.weights, args.resolution, args.backend, args.num_threads, extra)
-
         nodes = {NAMESPACE: (), RELAY_NAMESPACE: ()}
         result = measure_nodes(
-            args, with_profile, nodes, alternate=args.alternate_s, command=command, labels_only=(RELAY_NAMESPACE,)
+            args,
+            with_profile,
+            nodes,
+            alternate=args.alternate_s,
+            command=lambda ns, extra: relay_command(ns) if ns == RELAY_NAMESPACE else None,
+            labels_only=(RELAY_NAMESPACE,),
         )
     else:
         result = measure_nodes(args, with_profile, {NAMESPACE: ()})
