@@ -223,12 +223,15 @@ class Recorder:
         return all(sub.get_publisher_count() > 0 for sub in self.subs)
 
     def summary(self, output: str, since: float = 0.0, until: float | None = None) -> dict:
-        """Outputs received from ``since`` on; the node's status as last reported by ``until`` (default: the
-        latest), so rates reported after the camera stopped do not stand for the measurement."""
+        """Outputs received from ``since`` on, and the node's status as last reported. Its rates come from the
+        last status reported by ``until`` (default: the latest): the node rates the frames since its previous
+        status, so a status sent after the camera stopped would report 0 Hz for a run that kept up."""
         with self.lock:
             rows = [r for r in self.arrivals[output] if r[0] >= since]
             earlier = [d for t, d in self._diagnostics_history if until is None or t <= until]
-            diag = dict(earlier[-1] if earlier else self.diagnostics)
+            diag = dict(self.diagnostics)
+            if earlier:
+                diag.update({k: v for k, v in earlier[-1].items() if k.endswith("_rate_hz")})
         times = [t for t, _ in rows]
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         return {
@@ -241,6 +244,7 @@ class Recorder:
                     "frames_in",
                     "frames_out",
                     "dropped_frames",
+                    "idle_frames",
                     "bad_frames",
                     "nan_frames",
                     "inference_ms",
@@ -351,6 +355,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     recorder = Recorder(recorder_node, NAMESPACE, ("labels", "overlay"), on_message=save)
     status = 0
+    played = None  # when the source had been played: the node's rates are read as of then
     try:
         if not spin_until(executor, lambda: recorder.ready() or node_proc.poll() is not None, args.startup_timeout):
             raise RuntimeError("seg_node did not come up in time")
@@ -365,7 +370,12 @@ def run_demo(args: argparse.Namespace) -> int:
         play_proc = subprocess.Popen(play_cmd, env=env)
         while play_proc.poll() is None:
             executor.spin_once(timeout_sec=0.05)
+        played = time.monotonic()
         spin_until(executor, lambda: False, 2.0)  # the last frames in flight
+        if play_proc.returncode != 0:
+            raise RuntimeError(f"the replay of {source} exited with status {play_proc.returncode}")
+        if not recorder.summary("labels")["frames_received"]:
+            raise RuntimeError("seg_node published no labels")
     except (KeyboardInterrupt, RuntimeError) as exc:
         if isinstance(exc, RuntimeError):
             print(f"demo: {exc}", file=sys.stderr)
@@ -373,8 +383,8 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         if play_proc is not None:
             stop_process(play_proc)
-        summary = recorder.summary("labels")
-        summary["overlay"] = recorder.summary("overlay")
+        summary = recorder.summary("labels", until=played)
+        summary["overlay"] = recorder.summary("overlay", until=played)
         summary["overlays_written"] = written[0]
         summary["source"] = source
         summary["node_exit_status"] = stop_process(node_proc)
