@@ -222,10 +222,12 @@ class Recorder:
     def ready(self) -> bool:
         return all(sub.get_publisher_count() > 0 for sub in self.subs)
 
-    def summary(self, output: str, since: float = 0.0, until: float | None = None) -> dict:
+    def summary(self, output: str, since: float = 0.0, until: float | None = None, last: int = 0) -> dict:
         """Outputs received from ``since`` on, and the node's status as last reported. Its rates come from the
         last status reported by ``until`` (default: the latest): the node rates the frames since its previous
-        status, so a status sent after the camera stopped would report 0 Hz for a run that kept up."""
+        status, so a status sent after the camera stopped would report 0 Hz for a run that kept up. ``last``:
+        also the latency of the last ``last`` of those outputs (``latency_last_ms``), the frames behind the
+        node's own timing figures."""
         with self.lock:
             rows = [r for r in self.arrivals[output] if r[0] >= since]
             earlier = [d for t, d in self._diagnostics_history if until is None or t <= until]
@@ -234,10 +236,12 @@ class Recorder:
                 diag.update({k: v for k, v in earlier[-1].items() if k.endswith("_rate_hz")})
         times = [t for t, _ in rows]
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        extra = {"latency_last_ms": percentiles([lat for _, lat in rows[-last:]])} if last > 0 else {}
         return {
             "frames_received": len(rows),
             "output_fps": round(fps, 2),
             "latency_ms": percentiles([lat for _, lat in rows]),
+            **extra,
             "node": {
                 k: diag.get(k)
                 for k in (

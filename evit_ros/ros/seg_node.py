@@ -92,6 +92,7 @@ __all__ = [
 
 CLASS_TABLE_FORMAT = "evit_ros/class_table/1"
 DIAGNOSTICS_PERIOD_S = 1.0
+DIAGNOSTICS_WINDOW = 30  # frames behind each timing figure of /diagnostics (means, p50s)
 ERROR_THROTTLE_S = 5.0
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -684,10 +685,10 @@ class SegNode(Node):
         rate_in, rate_out = cam.stats.rates()
         s = cam.stats
         with s.lock:
-            infer = list(s.infer_ms)[-30:]
-            post = list(s.post_ms)[-30:]
-            segment = list(s.segment_ms)[-30:]
-            latency = list(s.latency_ms)[-30:]
+            infer = list(s.infer_ms)[-DIAGNOSTICS_WINDOW:]
+            post = list(s.post_ms)[-DIAGNOSTICS_WINDOW:]
+            segment = list(s.segment_ms)[-DIAGNOSTICS_WINDOW:]
+            latency = list(s.latency_ms)[-DIAGNOSTICS_WINDOW:]
             counters = {
                 "frames_in": s.frames_in,
                 "frames_out": s.frames_out,
