@@ -31,7 +31,7 @@ from std_msgs.msg import String
 from evit_ros.pipeline import processing
 from evit_ros.ros.conversions import image_to_msg
 from evit_ros.ros.rcl_serialized import SerializedSubscription
-from evit_ros.ros.seg_node import SegNode, _parameter_table
+from evit_ros.ros.seg_node import DIAGNOSTICS_WINDOW, SegNode, _parameter_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_POSTPROCESS = _parameter_table()["postprocess_mode"].default  # what the node runs unless told
@@ -468,9 +468,19 @@ def test_diagnostics_fields(harness, frames_bgr):
     assert values["backend"] == "torch" and values["precision"] == "fp32"
     assert int(values["nan_frames"]) == 0
     assert float(values["inference_ms"]) > 0
-    # the Segmenter's frame -> labels in the node: network (with pre-processing) plus post-processing, both timed
-    assert float(values["postprocess_ms"]) > 0
-    assert float(values["segment_ms_p50"]) >= min(float(values["inference_ms"]), float(values["inference_ms_max"]))
+    assert float(values["postprocess_ms"]) > 0 and float(values["segment_ms_p50"]) > 0
+    # the Segmenter's frame -> labels in the node: per frame, network (with pre-processing) plus post-processing,
+    # and its p50 over the window. (Against the published means alone no bound holds: a loaded machine's few slow
+    # frames lift the mean inference above the median frame.)
+    stats = node.cameras[0].stats
+    direct = {kv.key: kv.value for kv in node.diagnostics_status().values}
+    with stats.lock:
+        infer, post, segment = (
+            list(d)[-DIAGNOSTICS_WINDOW:] for d in (stats.infer_ms, stats.post_ms, stats.segment_ms)
+        )
+    assert infer and all(p > 0 for p in post) and segment == [i + p for i, p in zip(infer, post)]
+    assert float(direct["segment_ms_p50"]) == pytest.approx(float(np.median(segment)), abs=0.006)
+    assert float(direct["segment_ms_p50"]) >= min(infer)
 
 
 # ---------------------------------------------------------------------------------------------- subprocess
