@@ -1,0 +1,1 @@
+"""Deployment artifacts: ONNX export and graph checks, TensorRT engine builds and the accuracy gate."""

@@ -1,0 +1,1 @@
+"""ROS message payloads and rosbag2 recordings as numpy, without ROS."""

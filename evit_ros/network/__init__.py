@@ -1,0 +1,1 @@
+"""The network: EfficientViT-Seg modules, the registry of official variants, class tables and checkpoints."""

@@ -1,0 +1,1 @@
+"""The frame pipeline: pre- and post-processing, buffer reuse and the `Segmenter`."""
