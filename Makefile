@@ -30,3 +30,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info
+
+# The documentation in doc/ (MyST pages, built as rosdoc2 builds ROS package docs): warnings are errors, so a
+# broken link or reference fails the build. Output: build/docs/html/index.html.
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html doc build/docs/html
