@@ -190,8 +190,9 @@ class TensorRTBackend(Backend):
             self._setup_io()
             if gate is not None:
                 self._gate(reference_onnx, build, path, key, gate)
-            atomic_write(path, blob)
+            # Sidecar first: a process that finds the engine file (without the lock) then also finds its key.
             atomic_write(path.with_suffix(".json"), json.dumps(fields, indent=1, default=str).encode())
+            atomic_write(path, blob)
             return engine
 
         self.context = None
