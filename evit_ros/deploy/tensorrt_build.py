@@ -465,7 +465,7 @@ def _trt_major(trt) -> int:
 
 
 _LOGGER_LOCK = threading.Lock()
-_SHARED_LOGGERS: dict[int, object] = {}
+_SHARED_LOGGER: tuple[object, object] | None = None  # (tensorrt module, its logger)
 
 
 def trt_logger(trt):
@@ -475,13 +475,12 @@ def trt_logger(trt):
     only a single logger pointer at any given time", NVIDIA/TensorRT#1475). Its threshold follows Python logging
     when it is first made (EVIT_ROS_TRT_VERBOSE=1 for VERBOSE).
     """
+    global _SHARED_LOGGER
     with _LOGGER_LOCK:
-        logger = _SHARED_LOGGERS.get(id(trt))
-        if logger is None:
+        if _SHARED_LOGGER is None or _SHARED_LOGGER[0] is not trt:
             verbose = os.environ.get("EVIT_ROS_TRT_VERBOSE", "") not in ("", "0")
-            logger = _make_logger(trt, min_trt_severity(log.getEffectiveLevel(), verbose))
-            _SHARED_LOGGERS[id(trt)] = logger
-        return logger
+            _SHARED_LOGGER = (trt, _make_logger(trt, min_trt_severity(log.getEffectiveLevel(), verbose)))
+        return _SHARED_LOGGER[1]
 
 
 def _make_logger(trt, min_severity: str):
