@@ -246,9 +246,11 @@ class TensorRTBackend(Backend):
                 self.output_name = name
         if self.buffers[self.input_name].dtype != torch.float32:
             raise ValueError(f"engine input {self.input_name} is {self.buffers[self.input_name].dtype}, not float32")
-        if not self.buffers[self.output_name].dtype.is_floating_point:
+        if self.buffers[self.output_name].dtype not in (torch.float32, torch.float16):
+            # float16 logits are widened on the host; other types have no numpy view of the host buffer.
             raise ValueError(
-                f"engine output {self.output_name} is {self.buffers[self.output_name].dtype}: a logits engine is needed"
+                f"engine output {self.output_name} is {self.buffers[self.output_name].dtype}: float32 or float16 "
+                "logits are needed"
             )
         # Host frame path: page-locked staging buffers, allocated once, so both copies are true async DMA on the
         # stream and infer() synchronises once per frame.
