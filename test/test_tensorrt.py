@@ -1,4 +1,6 @@
-"""TensorRT: engine cache key, build config and accuracy gate without TensorRT; engines only where it runs."""
+"""TensorRT: engine cache key, build config, accuracy gate and engine lifecycle without TensorRT; engines only where it
+runs. Tests using ``trt_callrecorder`` check call sequences against a recording stand-in: not TensorRT coverage.
+"""
 
 from __future__ import annotations
 
