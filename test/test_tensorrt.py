@@ -1,4 +1,6 @@
-"""TensorRT: engine cache key, build config and accuracy gate without TensorRT; engines only where it runs."""
+"""TensorRT: engine cache key, build config, accuracy gate and engine lifecycle without TensorRT; engines only where it
+runs. Tests using ``trt_callrecorder`` check call sequences against a recording stand-in: not TensorRT coverage.
+"""
 
 from __future__ import annotations
 
@@ -463,3 +465,442 @@ def test_random_weights_are_the_same_network_on_every_load() -> None:
         second, _ = load_model(variant, "random")
     state = second.state_dict()
     assert all(torch.equal(value, state[name]) for name, value in first.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 22: the engine lifecycle. The `trt_callrecorder` stand-in checks call sequences only (see its docstring);
+# it is not TensorRT coverage.
+
+RES = (64, 128)
+
+
+def _recorder(version: str = "10.3.0", dynamic: bool = True, **kwargs):
+    from trt_callrecorder import CallRecorder
+
+    layers = [(n.name, n.type, n.inputs, n.outputs, n.float_outputs) for n in _trt_graph()]
+    shape = (-1 if dynamic else 2, 3, *RES)
+    return CallRecorder(version, layers=layers, inputs={"x": shape}, **kwargs)
+
+
+def _build(rec, tmp_path: Path, batch: int = 2, **build):
+    from evit_ros.deploy.tensorrt_build import build_serialized_engine
+
+    scope = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
+    pins = (f"{scope}/ReduceSum", f"{scope}/Add")
+    if build.get("precision", "fp16") == "fp32" or build.get("strongly_typed"):
+        pins = ()
+    config = EngineBuildConfig(**{"fp32_pins": pins, **build})
+    return build_serialized_engine(
+        rec.module,
+        tmp_path / "model.onnx",
+        config,
+        tmp_path / "timing.cache",
+        tmp_path / "calibration.cache",
+        RES,
+        batch,
+        calibration_device="cpu",
+    )
+
+
+@pytest.fixture
+def calibration_dir(real_frames: list[Path], tmp_path: Path) -> Path:
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for f in real_frames:
+        (folder / f.name).symlink_to(f)
+    return folder
+
+
+def _preprocessed(path: Path) -> np.ndarray:
+    import cv2
+
+    from evit_ros.pipeline.processing import preprocess
+
+    return preprocess(cv2.imread(str(path), cv2.IMREAD_COLOR), RES, order="bgr")[0]
+
+
+def test_frame_batches_stream_into_one_buffer(real_frames: list[Path]) -> None:
+    from evit_ros.deploy.accuracy_gate import FrameBatches
+
+    frames = FrameBatches(real_frames[:3], RES, 2)
+    assert frames.frames_read == 0 and frames.buffer is None  # nothing read before iteration
+    seen = []
+    for i, batch in enumerate(frames):
+        assert frames.frames_read == min(2 * (i + 1), 3)  # one batch at a time, not the whole set
+        assert batch is frames.buffer and batch.shape == (2, 3, *RES)
+        seen.append(batch.copy())
+    assert len(seen) == 2
+    np.testing.assert_array_equal(seen[0][0], _preprocessed(real_frames[0]))
+    np.testing.assert_array_equal(seen[0][1], _preprocessed(real_frames[1]))
+    np.testing.assert_array_equal(seen[1][0], _preprocessed(real_frames[2]))
+    np.testing.assert_array_equal(seen[1][1], seen[1][0])  # a partial batch is padded with its own frames
+
+
+def test_calibrator_streams_batches_and_reads_nothing_with_a_cache(real_frames: list[Path], tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from evit_ros.deploy.accuracy_gate import FrameBatches
+    from evit_ros.deploy.tensorrt_build import make_calibrator
+
+    trt = _recorder().module
+    cache = tmp_path / "calibration.cache"
+    frames = FrameBatches(real_frames, RES, 2)
+    calibrator = make_calibrator(trt, frames, cache, device="cpu")
+    assert calibrator.get_batch_size() == 2
+    assert calibrator.read_calibration_cache() is None
+    assert frames.frames_read == 0 and calibrator.device_input is None  # nothing read or allocated yet
+    pointers = []
+    for expected_read in (2, 4):
+        pointers.append(calibrator.get_batch(["x"]))
+        assert frames.frames_read == expected_read
+        first = real_frames[expected_read - 2]
+        np.testing.assert_array_equal(calibrator.device_input[0].numpy(), _preprocessed(first))
+    assert pointers[0] == pointers[1]  # one reusable device buffer
+    assert calibrator.get_batch(["x"]) is None and calibrator.device_input is None
+    calibrator.write_calibration_cache(b"table")
+
+    again = FrameBatches(real_frames, RES, 2)
+    cached = make_calibrator(trt, again, cache, device="cpu")
+    assert cached.read_calibration_cache() == b"table"
+    assert again.frames_read == 0 and cached.device_input is None
+
+
+def test_int8_build_streams_calibration_then_uses_the_cache(calibration_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    first = _recorder("8.6.1")
+    _build(first, tmp_path, precision="int8", calibration_dir=str(calibration_dir), calibration_images=4)
+    batches = first.of("calibrator.get_batch")
+    assert len(batches) == 2 and batches[0] == batches[1]  # 4 frames, batch 2, one buffer
+    assert (tmp_path / "calibration.cache").read_bytes() == b"calibration table"
+    assert "config.set_calibration_profile" in first.names()  # a dynamic input calibrates within its profile
+
+    second = _recorder("8.6.1")
+    _build(second, tmp_path, precision="int8", calibration_dir=str(calibration_dir), calibration_images=4)
+    assert not second.of("calibrator.get_batch")
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.13.3", "11.1.0"])
+def test_call_sequence_strongly_typed_sets_no_precision(tmp_path: Path, version: str) -> None:
+    from trt_callrecorder import Recorded
+
+    rec = _recorder(version)
+    assert _build(rec, tmp_path, precision="fp16", strongly_typed=True) == b"serialized engine"
+    got = Recorded.of(rec)
+    assert got.creation_flags == 1 << int(rec.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert not {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} & set(got.set_flags)
+    assert got.precision_layers == [] and got.output_type_layers == []
+    assert got.cleared_flags == ["TF32"]
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "flags"),
+    [
+        ("8.6.1", "fp16", ["FP16", "OBEY_PRECISION_CONSTRAINTS"]),
+        ("10.3.0", "fp16", ["FP16", "OBEY_PRECISION_CONSTRAINTS"]),
+        ("10.3.0", "fp32", []),
+    ],
+)
+def test_call_sequence_weak_routes(tmp_path: Path, version: str, precision: str, flags: list[str]) -> None:
+    from trt_callrecorder import Recorded
+
+    from evit_ros.deploy.tensorrt_build import select_fp32_layers
+
+    rec = _recorder(version)
+    _build(rec, tmp_path, precision=precision)
+    got = Recorded.of(rec)
+    explicit_batch = 1 << 0 if version.startswith("8.") else 0
+    assert got.creation_flags == explicit_batch  # never STRONGLY_TYPED on the weak route
+    assert got.set_flags == flags
+    if precision == "fp32":
+        assert got.precision_layers == []
+        return
+    scope = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
+    pinned = select_fp32_layers(_trt_graph(), frozenset({f"{scope}/ReduceSum", f"{scope}/Add"}))
+    assert got.precision_layers == pinned and got.output_type_layers == sorted(pinned)
+    assert all(value is rec.module.float32 for _, value in rec.of("layer.precision"))
+
+
+def test_one_tensorrt_logger_per_process(tmp_path: Path) -> None:
+    from evit_ros.deploy.tensorrt_build import trt_logger
+
+    rec = _recorder()
+    _build(rec, tmp_path, precision="fp32")
+    _build(rec, tmp_path, precision="fp16", strongly_typed=True)
+    rec.module.Runtime(trt_logger(rec.module))  # as the backend makes its runtime
+    loggers = [args[0] for name in ("Builder", "OnnxParser", "Runtime") for args in rec.of(name)]
+    assert len(loggers) == 5 and all(logger is loggers[0] for logger in loggers)
+    assert isinstance(loggers[0], rec.module.ILogger)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_call_sequence_profile_shapes(tmp_path: Path, dynamic: bool) -> None:
+    rec = _recorder(dynamic=dynamic)
+    _build(rec, tmp_path, batch=2, precision="fp32")
+    if dynamic:
+        assert rec.of("profile.set_shape") == [("x", (2, 3, *RES), (2, 3, *RES), (2, 3, *RES))]
+        assert rec.names().count("config.add_optimization_profile") == 1
+    else:
+        assert not rec.of("profile.set_shape") and "config.add_optimization_profile" not in rec.names()
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "typing", "strong"),
+    [
+        ("8.6.1", "fp16", "auto", False),
+        ("10.3.0", "fp16", "auto", False),  # JetPack 6: GPU builds are strongly typed, DLA builds are not
+        ("10.3.0", "int8", "auto", False),
+        ("10.13.3", "fp16", "weak", False),
+        ("11.1.0", "fp16", "auto", True),  # 11 on JetPack >= 7.2.2: strongly typed DLA networks
+    ],
+)
+def test_dla_route_choice(version: str, precision: str, typing: str, strong: bool) -> None:
+    from evit_ros.deploy.tensorrt_build import select_precision_route
+
+    route = select_precision_route(version, precision, typing, dla=True)
+    assert route.strongly_typed is strong and route.weak_flags is not strong
+    assert select_precision_route("10.3.0", "fp16", "auto", dla=False).strongly_typed  # the GPU route is unchanged
+
+
+def test_dla_strong_typing_refused_before_tensorrt_11() -> None:
+    from evit_ros.deploy.tensorrt_build import select_precision_route
+
+    with pytest.raises(ValueError, match="DLA builds on TensorRT 10.3.0 take their precision from the FP16 flag"):
+        select_precision_route("10.3.0", "fp16", "strong", dla=True)
+
+
+def test_call_sequence_dla_build_counts_dla_layers(tmp_path: Path, caplog) -> None:
+    import logging
+
+    conv = "/model/backbone/stages.3/op_list.1/context_module/main/qkv/conv/Conv"
+    rec = _recorder(num_dla_cores=2, dla_layers=frozenset({conv}))
+    with caplog.at_level(logging.INFO, logger="evit_ros.deploy.tensorrt_build"):
+        _build(rec, tmp_path, precision="fp16", dla_core=1)
+    assert "1 of 8 layers placed on the DLA" in caplog.text
+    assert [v.name for (v,) in rec.of("config.default_device_type")] == ["DLA"] and rec.of("config.DLA_core") == [(1,)]
+    assert {"FP16", "GPU_FALLBACK"} <= {flag for (flag,) in rec.of("config.set_flag")}  # weak route on 10.x
+
+    none = _recorder(num_dla_cores=2)  # nothing the DLA can run: the engine would silently be all GPU
+    with pytest.raises(RuntimeError, match="no layer of this network can run on DLA core 0"):
+        _build(none, tmp_path, precision="fp16", dla_core=0)
+    assert "Builder.build_serialized_network" not in none.names()
+
+
+def test_timing_cache_round_trip_and_corrupt_cache_discarded(tmp_path: Path, caplog) -> None:
+    from trt_callrecorder import TIMING_CACHE_MAGIC
+
+    timing = tmp_path / "timing.cache"
+    _build(_recorder(), tmp_path, precision="fp32")
+    saved = timing.read_bytes()
+    assert saved.startswith(TIMING_CACHE_MAGIC)
+    reuse = _recorder()
+    _build(reuse, tmp_path, precision="fp32")
+    assert reuse.of("config.create_timing_cache") == [(saved,)]  # the saved cache is loaded, not a new one
+
+    timing.write_bytes(b"\x00garbage")  # create_timing_cache returns null for it
+    corrupt = _recorder()
+    _build(corrupt, tmp_path, precision="fp32")
+    assert corrupt.of("config.create_timing_cache") == [(b"\x00garbage",), (b"",)]
+    assert "corrupt or from another TensorRT/GPU" in caplog.text
+    assert timing.read_bytes().startswith(TIMING_CACHE_MAGIC)  # replaced by the new build's cache
+
+    caplog.clear()
+    other_gpu = _recorder(timing_cache_matches_device=False)  # set_timing_cache returns False
+    _build(other_gpu, tmp_path, precision="fp32")
+    assert [c[0] for c in other_gpu.of("config.create_timing_cache")][-1] == b""
+    assert "corrupt or from another TensorRT/GPU" in caplog.text
+
+
+@pytest.mark.parametrize("outcome", [KeyboardInterrupt(), None])
+def test_timing_cache_saved_when_the_build_is_interrupted(tmp_path: Path, outcome) -> None:
+    timing = tmp_path / "timing.cache"
+    rec = _recorder(build_result=outcome)
+    with pytest.raises(KeyboardInterrupt if outcome is not None else RuntimeError):
+        _build(rec, tmp_path, precision="fp32")
+    assert timing.is_file()  # the tactic timings gathered so far are kept
+
+
+LOCK_WORKER = r"""
+import sys, time
+from pathlib import Path
+from evit_ros.deploy.tensorrt_build import load_or_build
+
+engine, role = Path(sys.argv[1]), sys.argv[2]
+marks = engine.parent
+
+def load():
+    return engine.read_bytes() if engine.is_file() else None
+
+def build():
+    (marks / f"built-by-{role}").touch()
+    deadline = time.monotonic() + 120  # deadlock guard only: the other process normally arrives at once
+    while not (marks / "waiting").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    engine.write_bytes(f"engine from {role}".encode())
+    return engine.read_bytes()
+
+def on_wait():
+    (marks / "waiting").write_text(role)
+
+sys.stdout.write(load_or_build(engine, load, build, on_wait=on_wait).decode())
+"""
+
+
+def test_build_lock_two_processes_build_once(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+
+    engine = tmp_path / "model.engine"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def start(role: str) -> subprocess.Popen:
+        args = [sys.executable, "-c", LOCK_WORKER, str(engine), role]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    first = start("A")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "built-by-A").exists():  # A holds the lock and is building
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr and first.stderr.read()
+        time.sleep(0.02)
+    second = start("B")
+    out_a, err_a = first.communicate(timeout=300)
+    out_b, err_b = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err_a + err_b
+    assert (tmp_path / "waiting").read_text() == "B"  # B found the lock taken and waited
+    assert not (tmp_path / "built-by-B").exists()  # ... and then loaded A's engine instead of building
+    assert out_a == out_b == "engine from A"
+    assert (tmp_path / "model.engine.lock").exists()
+
+
+def _onnx_model(path: Path, in_type: int, out_type: int, inputs: int = 1) -> Path:
+    """A one-node ONNX with the given I/O element types, marked as a logits model (so only the dtypes are wrong)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    ins = [helper.make_tensor_value_info(f"in{i}", in_type, [1, 3, 8, 16]) for i in range(inputs)]
+    out = helper.make_tensor_value_info("logits", out_type, [1, 3, 8, 16])
+    node = helper.make_node("Cast", ["in0"], ["logits"], to=out_type)
+    model = helper.make_model(helper.make_graph([node], "g", ins, [out]))
+    helper.set_model_props(model, {"output": "logits"})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("in_type", "out_type", "inputs", "match"),
+    [
+        ("UINT8", "FLOAT", 1, "input 'in0' is UINT8; the normalised image input must be FLOAT"),
+        ("FLOAT16", "FLOAT16", 1, "input 'in0' is FLOAT16"),
+        ("FLOAT", "INT64", 1, "output 'logits' is INT64; logits must be FLOAT or FLOAT16"),
+        ("FLOAT", "FLOAT", 2, "has 2 inputs and 1 outputs"),
+    ],
+)
+def test_user_onnx_io_dtypes_checked_before_tensorrt(tmp_path: Path, in_type, out_type, inputs, match) -> None:
+    import sys
+
+    from onnx import TensorProto
+
+    from evit_ros.runtime import BackendConfig, create_backend
+
+    path = _onnx_model(tmp_path / "user.onnx", getattr(TensorProto, in_type), getattr(TensorProto, out_type), inputs)
+    config = BackendConfig(weights=str(path), resolution=(8, 16), precision="fp16")
+    with pytest.raises(ValueError, match=match):
+        create_backend("tensorrt", config)
+    if not _trt_available():
+        assert "tensorrt" not in sys.modules  # refused from the ONNX alone, the same on every machine
+
+
+def test_user_onnx_with_float_io_passes_the_early_check(tmp_path: Path) -> None:
+    from onnx import TensorProto
+
+    from evit_ros.deploy.onnx_graph import require_float_io
+
+    require_float_io(_onnx_model(tmp_path / "ok.onnx", TensorProto.FLOAT, TensorProto.FLOAT))
+    require_float_io(_onnx_model(tmp_path / "half.onnx", TensorProto.FLOAT, TensorProto.FLOAT16))
+
+
+def test_nan_check_runs_without_a_reference(real_frames: list[Path], tmp_path: Path) -> None:
+    from evit_ros.deploy.accuracy_gate import gate_batches
+
+    folder = tmp_path / "gate"
+    folder.mkdir()
+    for f in real_frames:
+        (folder / f.name).symlink_to(f)
+    batches = gate_batches(folder, RES, 1, 2)
+
+    def overflowing(x: np.ndarray) -> np.ndarray:  # an all-FP16 attention normaliser: 65504 overflows to inf
+        return np.where(x > 2.0, np.inf, x)
+
+    bad = accuracy_gate(overflowing, None, batches, 0.99)
+    assert not bad.passed and bad.nonfinite == sum(int((b > 2.0).sum()) for b in batches) > 0
+    assert bad.label_agreement is None and "NaN/Inf check only" in bad.describe()
+    good = accuracy_gate(lambda x: x * 1.001, None, batches, 0.99)
+    assert good.passed and good.nonfinite == 0
+
+
+def test_failed_gate_is_remembered_until_inputs_change(tmp_path: Path) -> None:
+    from evit_ros.deploy.accuracy_gate import GateResult
+    from evit_ros.deploy.tensorrt_build import gate_failure_path, record_gate_failure, stored_gate_failure
+
+    engine = tmp_path / "b0_fp16_abc.engine"
+    key, gate = "k" * 64, {"frames": "f" * 64, "gate_frames": 4, "reference_onnx": "r" * 64}
+    result = GateResult(nonfinite=0, label_agreement=0.9, max_abs_diff=3.0, passed=False)
+    assert stored_gate_failure(engine, key, gate, 0.99) is None  # nothing stored yet
+    path = record_gate_failure(engine, key, gate, result, 0.99, "failed the accuracy gate (label agreement 90%)")
+    assert path == gate_failure_path(engine) and path.parent == engine.parent and not engine.exists()
+    reason = stored_gate_failure(engine, key, gate, 0.99)
+    assert reason is not None and "label agreement 90%" in reason and str(path) in reason
+    assert stored_gate_failure(engine, "j" * 64, gate, 0.99) is None  # other ONNX/TensorRT/GPU/precision
+    assert stored_gate_failure(engine, key, {**gate, "frames": "g" * 64}, 0.99) is None  # other gate frames
+    assert stored_gate_failure(engine, key, gate, 0.85) is None  # a minimum the measurement now meets
+
+    nan = GateResult(nonfinite=12, label_agreement=None, max_abs_diff=None, passed=False)
+    record_gate_failure(engine, key, gate, nan, 0.0, "NaN/Inf")
+    assert stored_gate_failure(engine, key, gate, 0.0) is not None  # NaN fails at any minimum
+
+
+def test_static_batch_refuses_a_wrong_batch_size() -> None:
+    from evit_ros.runtime.base import Backend, BackendConfig
+
+    class Static(Backend):
+        name = "static"
+
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            self._check_batch(batch)
+            return batch
+
+    backend = Static(BackendConfig(resolution=(8, 16), batch_size=2))
+    backend.infer(np.zeros((2, 3, 8, 16), np.float32))
+    with pytest.raises(ValueError, match="static batch of 2 frames, got 1"):
+        backend.infer(np.zeros((1, 3, 8, 16), np.float32))  # was broadcast into both slots
+    backend.dynamic_batch = True
+    backend.infer(np.zeros((1, 3, 8, 16), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("arch_list", "capability", "covered", "text"),
+    [
+        (["sm_80", "sm_86", "sm_87", "sm_90"], (8, 7), True, "sm_87 built"),
+        (["sm_80", "sm_90"], (8, 7), True, "sm_80 cubins run on sm_87"),
+        (["sm_90a", "compute_80"], (8, 7), True, "PTX JIT (compute_80)"),
+        (["sm_90a"], (9, 0), True, "sm_90a built"),  # arch-specific cubins run on exactly their device
+        (["sm_90a", "compute_90a"], (10, 0), False, "none runs on sm_100"),
+        (["sm_90", "sm_100"], (8, 7), False, "NO"),
+        ([], (8, 7), False, "no CUDA arch"),
+    ],
+)
+def test_doctor_arch_list_coverage(arch_list, capability, covered, text) -> None:
+    from evit_ros.cli.doctor import arch_list_covers
+
+    got, how = arch_list_covers(arch_list, capability)
+    assert got is covered and text in how
+
+
+def test_doctor_fast_fp16_by_capability() -> None:
+    from evit_ros.cli.doctor import fast_fp16
+
+    assert fast_fp16((8, 7)) and fast_fp16((5, 3)) and fast_fp16((6, 0)) and fast_fp16((12, 0))
+    assert not fast_fp16((6, 1)) and not fast_fp16((5, 2))

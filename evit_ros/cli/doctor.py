@@ -136,6 +136,66 @@ def report_environment() -> None:
         _line("default checkpoint", f"{variant.name}: missing ({exc})")
 
 
+def fast_fp16(capability: tuple[int, int]) -> bool:
+    """Whether a GPU of this compute capability has full-rate FP16 arithmetic (sm_53, sm_60, sm_62, sm_70 and newer;
+    sm_61 runs FP16 at a fraction of FP32). TensorRT 11 dropped ``Builder.platform_has_fast_fp16`` (deprecated in
+    10.5: "query data type support from CUDA directly"), so this answers from the capability there."""
+    return capability in ((5, 3), (6, 0), (6, 2)) or capability >= (7, 0)
+
+
+def arch_list_covers(arch_list: list[str], capability: tuple[int, int]) -> tuple[bool, str]:
+    """Whether torch's compiled CUDA architectures (``torch.cuda.get_arch_list()``) run on a device of
+    ``capability``: an sm_XY cubin runs on X.Z for Z >= Y (not the arch-specific 'a'/'f' variants), a compute_XY PTX
+    is compiled by the driver for any newer device at first use."""
+    major, minor = capability
+    exact, compatible, ptx = [], [], []
+    for arch in arch_list:
+        kind, _, rest = arch.partition("_")
+        digits = "".join(c for c in rest if c.isdigit())
+        if len(digits) < 2 or kind not in ("sm", "compute"):
+            continue
+        a_major, a_minor, specific = int(digits[:-1]), int(digits[-1]), rest != digits
+        if kind == "sm" and (a_major, a_minor) == (major, minor):
+            exact.append(arch)
+        elif kind == "sm" and a_major == major and a_minor < minor and not specific:
+            compatible.append(arch)
+        elif kind == "compute" and (a_major, a_minor) <= (major, minor) and not specific:
+            ptx.append(arch)
+    device = f"sm_{major}{minor}"
+    if exact:
+        return True, f"yes ({exact[0]} built)"
+    if compatible:
+        return True, f"yes ({compatible[-1]} cubins run on {device})"
+    if ptx:
+        return True, f"only through PTX JIT ({ptx[-1]}): slow first start, build torch for {device}"
+    return False, f"NO: torch has {', '.join(arch_list) or 'no CUDA arch'}, none runs on {device}"
+
+
+def report_gpu_support(device: str = "cuda") -> None:
+    """DLA cores, fast FP16, and whether this torch build has kernels for the device (doctor --gpu)."""
+    import torch
+
+    from evit_ros.runtime.devices import torch_device
+
+    dev = torch_device(device)
+    capability = tuple(torch.cuda.get_device_capability(dev))
+    covered, how = arch_list_covers(torch.cuda.get_arch_list(), capability)
+    _line("torch CUDA arch", how)
+    trt, _err = _try_import("tensorrt")
+    if trt is None or not hasattr(trt, "Builder"):
+        _line("fast FP16", f"{'yes' if fast_fp16(capability) else 'no'} (sm_{capability[0]}{capability[1]})")
+        _line("DLA cores", "unknown (needs TensorRT)")
+        return
+    from evit_ros.deploy.tensorrt_build import trt_logger
+
+    builder = trt.Builder(trt_logger(trt))
+    has_fast = getattr(builder, "platform_has_fast_fp16", None)  # 8.6-10.x; removed in TensorRT 11
+    source = "TensorRT" if has_fast is not None else f"sm_{capability[0]}{capability[1]}"
+    has_fast = fast_fp16(capability) if has_fast is None else bool(has_fast)
+    _line("fast FP16", f"{'yes' if has_fast else 'no'} ({source})")
+    _line("DLA cores", str(builder.num_DLA_cores))
+
+
 @dataclass
 class GpuRow:
     model: str
@@ -191,7 +251,7 @@ def _measure(backend, inputs: list[np.ndarray], ref_labels: list[np.ndarray], it
 def _tensorrt_backend(model, variant, resolution, device: str, workdir: Path):
     """A TensorRT fp16 engine of exactly `model` (exported here), on the route this TensorRT version selects."""
     from evit_ros.deploy.onnx_export import export_onnx
-    from evit_ros.deploy.tensorrt_build import import_tensorrt, select_precision_route
+    from evit_ros.deploy.tensorrt_build import engine_cache_root, import_tensorrt, select_precision_route
     from evit_ros.runtime import BackendConfig, create_backend
 
     trt = import_tensorrt()
@@ -211,7 +271,9 @@ def _tensorrt_backend(model, variant, resolution, device: str, workdir: Path):
         resolution=resolution,
         precision="fp16",
         device=device,
-        engine_cache_dir=str(workdir / "engines"),
+        # The persistent engine cache: its timing cache makes every later doctor run (and real build) faster, and
+        # the random-weights export is the same network every time, so its engine is found again too.
+        engine_cache_dir=str(engine_cache_root()),
         options=options,
     )
     typing = "strongly" if route.strongly_typed else "weakly"
@@ -318,6 +380,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         _line("CUDA", why)
         _line("result", "skipped: no CUDA device, so there is no GPU path to run here")
         return 0
+    report_gpu_support()
     rows = run_gpu_checks(models, resolution, args.data, args.frames, args.iterations)
     print(format_gpu_table(rows))
     return 0

@@ -9,7 +9,7 @@ is given, else seeded smooth synthetic images.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +23,13 @@ DEFAULT_MIN_LABEL_AGREEMENT = 0.995
 @dataclass
 class GateResult:
     nonfinite: int
-    label_agreement: float
-    max_abs_diff: float
+    label_agreement: float | None  # None: no reference, only the NaN/Inf check ran
+    max_abs_diff: float | None
     passed: bool
 
     def describe(self) -> str:
+        if self.label_agreement is None:
+            return f"non-finite outputs {self.nonfinite} (no FP32 reference: NaN/Inf check only)"
         return (
             f"non-finite outputs {self.nonfinite}, label agreement {self.label_agreement * 100:.3f}%, "
             f"max abs logit difference {self.max_abs_diff:.3g}"
@@ -36,18 +38,24 @@ class GateResult:
 
 def accuracy_gate(
     candidate: Callable[[np.ndarray], np.ndarray],
-    reference: Callable[[np.ndarray], np.ndarray],
-    batches: Sequence[np.ndarray],
+    reference: Callable[[np.ndarray], np.ndarray] | None,
+    batches: Iterable[np.ndarray],
     min_label_agreement: float,
 ) -> GateResult:
-    """Compare a candidate model with the FP32 reference: no NaN/Inf and label agreement >= the minimum."""
+    """Compare a candidate model with the FP32 reference: no NaN/Inf and label agreement >= the minimum.
+
+    Without a reference only the NaN/Inf check runs: a reduced-precision engine is never accepted unchecked.
+    """
     if not 0.0 <= min_label_agreement <= 1.0:
         raise ValueError(f"min_label_agreement must be within [0, 1], got {min_label_agreement}")
     nonfinite, agree, total, max_abs = 0, 0, 0, 0.0
     for x in batches:
-        got, ref = candidate(x), reference(x)
+        got = candidate(x)
         bad = ~np.isfinite(got)
         nonfinite += int(bad.sum())
+        if reference is None:
+            continue
+        ref = reference(x)
         labels_got, labels_ref = got.argmax(axis=1), ref.argmax(axis=1)
         agree += int((labels_got == labels_ref).sum())
         total += labels_ref.size
@@ -55,6 +63,8 @@ def accuracy_gate(
             max_abs = max(max_abs, float(np.abs(got - ref).max()))
         else:
             max_abs = float("inf")
+    if reference is None:
+        return GateResult(nonfinite, None, None, nonfinite == 0)
     agreement = agree / total if total else 0.0
     return GateResult(nonfinite, agreement, max_abs, nonfinite == 0 and agreement >= min_label_agreement)
 
@@ -69,20 +79,50 @@ def calibration_images(folder: str | os.PathLike, limit: int) -> list[Path]:
     return files[:limit]
 
 
-def load_frames(folder: str | os.PathLike, resolution: tuple[int, int], batch: int, limit: int) -> list[np.ndarray]:
-    """Preprocessed N x 3 x H x W batches from a folder of images (processing.preprocess)."""
-    import cv2
+class FrameBatches:
+    """Preprocessed N x 3 x H x W batches of image files, read lazily one batch at a time into one reusable buffer.
 
-    frames = []
-    for path in calibration_images(folder, limit):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is not None:
-            frames.append(preprocess(bgr, resolution, order="bgr")[0])
-    if not frames:
-        raise FileNotFoundError(f"no readable images in {folder}")
-    while len(frames) % batch:
-        frames.append(frames[len(frames) % len(frames)])
-    return [np.ascontiguousarray(np.stack(frames[i : i + batch])) for i in range(0, len(frames), batch)]
+    Iterating yields the same array each time, refilled: a consumer that keeps a batch must copy it. Nothing is
+    read before iteration starts, so an INT8 calibrator holding this costs nothing when TensorRT uses its cache.
+    Unreadable files are skipped; a partial last batch is padded with the batch's first frames.
+    """
+
+    def __init__(self, files: Sequence[Path], resolution: tuple[int, int], batch: int) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.files = list(files)
+        self.resolution = resolution
+        self.batch = batch
+        self.buffer: np.ndarray | None = None
+        self.frames_read = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import cv2
+
+        filled = 0
+        for path in self.files:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            if self.buffer is None:
+                self.buffer = np.empty((self.batch, 3, *self.resolution), dtype=np.float32)
+            preprocess(bgr, self.resolution, order="bgr", out=self.buffer[filled : filled + 1])
+            self.frames_read += 1
+            filled += 1
+            if filled == self.batch:
+                yield self.buffer
+                filled = 0
+        if self.frames_read == 0:
+            raise FileNotFoundError(f"no readable images among {len(self.files)} files")
+        if filled:
+            for i in range(filled, self.batch):
+                self.buffer[i] = self.buffer[i % filled]
+            yield self.buffer
+
+
+def load_frames(folder: str | os.PathLike, resolution: tuple[int, int], batch: int, limit: int) -> list[np.ndarray]:
+    """Preprocessed N x 3 x H x W batches from a folder of images, all held (a few gate frames, not calibration)."""
+    return [b.copy() for b in FrameBatches(calibration_images(folder, limit), resolution, batch)]
 
 
 def smooth_synthetic_image(resolution: tuple[int, int], seed: int = 0) -> np.ndarray:

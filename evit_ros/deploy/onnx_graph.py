@@ -120,6 +120,33 @@ def require_logits(model: onnx.ModelProto | str | os.PathLike, meta: dict[str, s
         )
 
 
+def require_float_io(model: onnx.ModelProto | str | os.PathLike) -> None:
+    """Raise ValueError unless the graph has one float32 input and one float (logits) output, as the TensorRT
+    backend binds them. Checked with ``onnx`` before TensorRT is imported, so a wrong model fails at once and the
+    same way on every machine, instead of after an engine build (and again on every start)."""
+    graph = load(model).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    name = model if not isinstance(model, onnx.ModelProto) else "the ONNX model"
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ValueError(
+            f"{name} has {len(inputs)} inputs and {len(graph.output)} outputs; one image input and one "
+            "logits output are needed"
+        )
+    in_type = inputs[0].type.tensor_type.elem_type
+    if in_type != onnx.TensorProto.FLOAT:
+        raise ValueError(
+            f"{name} input {inputs[0].name!r} is {onnx.TensorProto.DataType.Name(in_type)}; the normalised image "
+            "input must be FLOAT (float32): export with evit-ros export"
+        )
+    out_type = graph.output[0].type.tensor_type.elem_type
+    if out_type not in _FLOAT_TYPES:
+        raise ValueError(
+            f"{name} output {graph.output[0].name!r} is {onnx.TensorProto.DataType.Name(out_type)}; logits must be "
+            "FLOAT or FLOAT16"
+        )
+
+
 # How TensorRT's ONNX parser turns these ops into layers (onnx-tensorrt onnxOpImporters.cpp): data-movement ops
 # become shuffle layers, Constant nodes and initializers constant layers.
 _TRT_LAYER_OF_OP = {

@@ -23,6 +23,8 @@ cached; this also catches TensorRT ignoring precision requests (NVIDIA/TensorRT#
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -30,13 +32,14 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from evit_ros.deploy.accuracy_gate import calibration_images, load_frames
+from evit_ros.deploy.accuracy_gate import FrameBatches, GateResult, calibration_images
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,13 @@ def engine_path(root: Path, model: str, precision: str, key: str) -> Path:
     return root / f"{model}_{precision}_{key[:24]}.engine"
 
 
+def timing_cache_path(root: Path, tensorrt_version: str, gpu_name: str, compute_capability: Sequence[int]) -> Path:
+    """The timing cache shared by every engine build for one TensorRT version and GPU (tactic timings, not engines)."""
+    gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu_name)
+    major, minor = compute_capability
+    return root / f"timing_{tensorrt_version}_{gpu_slug}_sm{major}{minor}.cache"
+
+
 def is_attention_layer(name: str, pins: set[str] | frozenset[str]) -> bool:
     """Whether a TensorRT layer belongs to an attention core: an ONNX pin by name, or a layer the parser
     derived from one (TensorRT layer names start with the ONNX node name)."""
@@ -230,11 +240,14 @@ def parse_version(version: str) -> tuple[int, int]:
         raise ValueError(f"unrecognised TensorRT version {version!r}") from exc
 
 
-def select_precision_route(version: str, precision: str, typing: str = "auto") -> PrecisionRoute:
+def select_precision_route(version: str, precision: str, typing: str = "auto", dla: bool = False) -> PrecisionRoute:
     """The build route for ``precision`` on TensorRT ``version``; ``typing`` is auto | strong | weak (fp16 only).
 
     Weak typing (FP16 flag, OBEY_PRECISION_CONSTRAINTS, per-layer precision) is deprecated from TensorRT 10.12 and
     removed in 11; the implicit INT8 calibrator is deprecated from 10.1. Raises ValueError for what cannot work.
+    ``dla``: a DLA build. Before TensorRT 11, DLA precision comes from the FP16/INT8 builder flags (NVIDIA's DLA
+    guide: ``trtexec --useDLACore=0 --fp16 --allowGPUFallback``), so fp16 takes the weak route; from 11 on, DLA
+    networks are strongly typed (and Orin has DLA on 11 only from JetPack 7.2.2).
     """
     major, minor = parse_version(version)
     if (major, minor) < (8, 6):
@@ -261,8 +274,12 @@ def select_precision_route(version: str, precision: str, typing: str = "auto") -
     if precision != "fp16":
         raise ValueError(f"TensorRT precision must be fp32, fp16 or int8, not {precision}")
     if typing == "auto":
-        typing = "strong" if major >= 10 else "weak"
+        typing = "strong" if major >= 11 or (major >= 10 and not dla) else "weak"
     if typing == "strong":
+        if dla and major < 11:
+            raise ValueError(
+                f"DLA builds on TensorRT {version} take their precision from the FP16 flag: use typing weak or auto"
+            )
         if major < 10:
             raise ValueError(f"strongly typed builds need TensorRT >= 10, this is {version}: use typing weak")
         return PrecisionRoute(strongly_typed=True, weak_flags=False)
@@ -340,6 +357,94 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def build_lock(engine: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``fcntl.flock`` on ``<engine>.lock``: one process builds a given engine at a time.
+
+    The lock file stays (removing it would let a third process lock a new file while the second holds the old one).
+    The kernel drops the lock when its holder dies, so a killed build never blocks the next start. ``on_wait`` runs
+    once, before blocking, when another process holds the lock.
+    """
+    lock = engine.with_name(engine.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "ab") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building %s: waiting for it (lock %s)", engine.name, lock)
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+T = TypeVar("T")
+
+
+def load_or_build(
+    engine: Path, load: Callable[[], T | None], build: Callable[[], T], on_wait: Callable[[], None] | None = None
+) -> T:
+    """``load()``, else ``build()`` under the engine's build lock; a process that waited for another's build loads
+    that engine instead of building it again. ``build`` writes the engine file (atomically) before it returns."""
+    found = load()
+    if found is not None:
+        return found
+    with build_lock(engine, on_wait):
+        found = load()
+        if found is not None:
+            log.info("loaded %s, built by another process while this one waited", engine.name)
+            return found
+        return build()
+
+
+def gate_failure_path(engine: Path) -> Path:
+    """The sidecar beside where ``engine`` would be that remembers a failed accuracy gate."""
+    return engine.with_name(engine.stem + ".gate-failed.json")
+
+
+def record_gate_failure(
+    engine: Path, key: str, gate: dict, result: GateResult, min_label_agreement: float, reason: str
+) -> Path:
+    """Write the failed gate's measurements, keyed by the engine's cache key and the gate's own inputs (``gate``:
+    frames, reference), so the next start can fail fast instead of rebuilding for minutes to fail again."""
+    path = gate_failure_path(engine)
+    record = {
+        "key": key,
+        "gate": gate,
+        "nonfinite": result.nonfinite,
+        "label_agreement": result.label_agreement,
+        "max_abs_diff": None if result.max_abs_diff in (None, float("inf")) else result.max_abs_diff,
+        "min_label_agreement": min_label_agreement,
+        "reason": reason,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write(path, json.dumps(record, indent=1).encode())
+    return path
+
+
+def stored_gate_failure(engine: Path, key: str, gate: dict, min_label_agreement: float) -> str | None:
+    """The stored reason when this engine (same cache key, same gate inputs) already failed the gate and would fail
+    it again at ``min_label_agreement``; None when there is no such record (the next build is worth trying)."""
+    path = gate_failure_path(engine)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key or record.get("gate") != gate:
+        return None  # other inputs: the old failure says nothing about this build
+    agreement = record.get("label_agreement")
+    still_fails = record.get("nonfinite", 0) > 0 or (agreement is not None and agreement < min_label_agreement)
+    if not still_fails:
+        return None  # a lower minimum agreement now accepts what was measured: build and gate again
+    return (
+        f"{record.get('reason', 'the accuracy gate failed')} (remembered in {path} from {record.get('time', '?')}; "
+        "it is retried when the ONNX, TensorRT, GPU, build settings or gate frames change, or delete that file)"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Everything below needs TensorRT.
 
@@ -359,35 +464,49 @@ def _trt_major(trt) -> int:
     return int(trt.__version__.split(".")[0])
 
 
-class _TrtLogger:
-    """Routes TensorRT messages to Python logging, dropping those below a minimum severity before Python sees them."""
+_LOGGER_LOCK = threading.Lock()
+_SHARED_LOGGER: tuple[object, object] | None = None  # (tensorrt module, its logger)
 
-    @staticmethod
-    def create(trt, min_severity: str | None = None):
-        if min_severity is None:
+
+def trt_logger(trt):
+    """The one TensorRT logger of this process, shared by every Runtime, Builder and OnnxParser.
+
+    TensorRT keeps a single logger pointer: a second, different logger is ignored with a warning ("TensorRT maintains
+    only a single logger pointer at any given time", NVIDIA/TensorRT#1475). Its threshold follows Python logging
+    when it is first made (EVIT_ROS_TRT_VERBOSE=1 for VERBOSE).
+    """
+    global _SHARED_LOGGER
+    with _LOGGER_LOCK:
+        if _SHARED_LOGGER is None or _SHARED_LOGGER[0] is not trt:
             verbose = os.environ.get("EVIT_ROS_TRT_VERBOSE", "") not in ("", "0")
-            min_severity = min_trt_severity(log.getEffectiveLevel(), verbose)
-        sev = trt.ILogger.Severity
-        levels = {
-            sev.INTERNAL_ERROR: logging.CRITICAL,
-            sev.ERROR: logging.ERROR,
-            sev.WARNING: logging.WARNING,
-            sev.INFO: logging.DEBUG,
-            sev.VERBOSE: logging.DEBUG,
-        }
+            _SHARED_LOGGER = (trt, _make_logger(trt, min_trt_severity(log.getEffectiveLevel(), verbose)))
+        return _SHARED_LOGGER[1]
 
-        class Logger(trt.ILogger):
-            def __init__(self, threshold) -> None:
-                trt.ILogger.__init__(self)
-                self.min_severity = threshold
 
-            def log(self, severity, msg) -> None:
-                # Severity is an arithmetic enum, most severe = 0 (pyCore.cpp); larger means less severe.
-                if int(severity) > int(self.min_severity):
-                    return
-                log.log(levels.get(severity, logging.DEBUG), "TensorRT: %s", msg)
+def _make_logger(trt, min_severity: str):
+    """An ILogger routing TensorRT messages to Python logging, dropping those below ``min_severity`` before Python
+    sees them."""
+    sev = trt.ILogger.Severity
+    levels = {
+        sev.INTERNAL_ERROR: logging.CRITICAL,
+        sev.ERROR: logging.ERROR,
+        sev.WARNING: logging.WARNING,
+        sev.INFO: logging.DEBUG,
+        sev.VERBOSE: logging.DEBUG,
+    }
 
-        return Logger(getattr(sev, min_severity))
+    class Logger(trt.ILogger):
+        def __init__(self, threshold) -> None:
+            trt.ILogger.__init__(self)
+            self.min_severity = threshold
+
+        def log(self, severity, msg) -> None:
+            # Severity is an arithmetic enum, most severe = 0 (pyCore.cpp); larger means less severe.
+            if int(severity) > int(self.min_severity):
+                return
+            log.log(levels.get(severity, logging.DEBUG), "TensorRT: %s", msg)
+
+    return Logger(getattr(sev, min_severity))
 
 
 def _progress_monitor(trt):
@@ -442,26 +561,38 @@ class _ElapsedLogger:
         self.thread.join()
 
 
-def _make_calibrator(trt, batches: list[np.ndarray], cache_file: Path):
+def make_calibrator(trt, frames: FrameBatches, cache_file: Path, device: str = "cuda"):
+    """An IInt8EntropyCalibrator2 streaming ``frames`` one batch at a time through one device buffer.
+
+    Nothing is read or allocated until TensorRT asks for the first batch, and TensorRT asks for none when
+    ``read_calibration_cache`` returns a cache (NvInfer.h IInt8Calibrator::readCalibrationCache), so a cached
+    calibration costs no frames and no memory: all 64 frames at 1024x2048 would be 1.6 GB of float32.
+    ``device`` is the backend's CUDA device (it calls torch.cuda.set_device before building).
+    """
     import torch
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches = batches
-            self.index = 0
-            # "cuda" is the backend's device: it calls torch.cuda.set_device before building.
-            self.device_input = torch.empty(batches[0].shape, dtype=torch.float32, device="cuda")
+            self.frames = frames
+            self.batches: Iterator[np.ndarray] | None = None
+            self.device_input: torch.Tensor | None = None
 
         def get_batch_size(self) -> int:
-            return int(self.batches[0].shape[0])
+            return frames.batch
 
         def get_batch(self, names):
-            if self.index >= len(self.batches):
+            if self.batches is None:
+                self.batches = iter(frames)
+            batch = next(self.batches, None)
+            if batch is None:
+                self.device_input = None  # calibration is over: give the buffer back before the build goes on
                 return None
-            self.device_input.copy_(torch.from_numpy(self.batches[self.index]))
-            torch.cuda.synchronize()
-            self.index += 1
+            if self.device_input is None:
+                self.device_input = torch.empty(batch.shape, dtype=torch.float32, device=device)
+            self.device_input.copy_(torch.from_numpy(batch))
+            if self.device_input.is_cuda:
+                torch.cuda.synchronize(self.device_input.device)  # the host batch is refilled on the next call
             return [int(self.device_input.data_ptr())]
 
         def read_calibration_cache(self):
@@ -543,6 +674,53 @@ def _add_optimization_profile(builder, network, config, input_shape: Sequence[in
     return profile
 
 
+def attach_timing_cache(config, path: Path):
+    """Attach the timing cache at ``path`` to ``config``, or a new one when the file is missing or unusable.
+
+    ``create_timing_cache`` returns None (a null ITimingCache*) for a blob it cannot read, and ``set_timing_cache``
+    returns False for a cache from another device (NvInfer.h IBuilderConfig::setTimingCache, "true if set
+    successfully"); either way the file is discarded and the build starts a fresh cache, as trtexec does
+    (samples/common/sampleEngines.cpp) instead of failing the build.
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+            accepted = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+        except (RuntimeError, TypeError, ValueError) as exc:  # a binding that raises instead of returning null
+            log.debug("timing cache %s: %s", path, exc)
+            accepted = False
+        if accepted:
+            log.info("timing cache %s (%d bytes)", path, len(blob))
+            return cache
+        log.warning("timing cache %s is corrupt or from another TensorRT/GPU: discarded, starting a new one", path)
+        path.unlink(missing_ok=True)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise RuntimeError("TensorRT could not create an empty timing cache")
+    return cache
+
+
+def save_timing_cache(config, path: Path) -> None:
+    """Write the builder's timing cache; never raises (it runs in a ``finally`` that may hold the real error)."""
+    try:
+        cache = config.get_timing_cache()
+        blob = cache.serialize() if cache is not None else None
+        if blob is not None and len(blob):
+            atomic_write(path, bytes(blob))
+            log.info("saved timing cache %s", path)
+    except Exception as exc:
+        log.warning("could not save the timing cache %s: %s", path, exc)
+
+
+def count_dla_layers(config, network) -> tuple[int, int]:
+    """(layers placed on the DLA, all layers): with DLA as the default device and GPU fallback, TensorRT puts every
+    layer ``can_run_on_DLA`` accepts on the DLA and the rest on the GPU (IBuilderConfig.can_run_on_DLA, pyCore.cpp
+    on 8.6, 10.x and 11)."""
+    total = network.num_layers
+    return sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(total)), total
+
+
 def build_serialized_engine(
     trt,
     onnx_path: Path,
@@ -551,8 +729,9 @@ def build_serialized_engine(
     calibration_cache: Path,
     resolution,
     batch: int,
+    calibration_device: str = "cuda",
 ) -> bytes:
-    logger = _TrtLogger.create(trt)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     if build.dla_core is not None and build.dla_core >= builder.num_DLA_cores:
         raise ValueError(f"DLA core {build.dla_core} requested, but this device has {builder.num_DLA_cores} DLA cores")
@@ -580,8 +759,11 @@ def build_serialized_engine(
         config.set_flag(trt.BuilderFlag.FP16)
         if build.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            batches = load_frames(build.calibration_dir, resolution, batch, build.calibration_images)
-            config.int8_calibrator = _make_calibrator(trt, batches, calibration_cache)
+            # Lazy: no frame is read unless TensorRT finds no usable calibration cache and asks for batches.
+            frames = FrameBatches(
+                calibration_images(build.calibration_dir, build.calibration_images), resolution, batch
+            )
+            config.int8_calibrator = make_calibrator(trt, frames, calibration_cache, calibration_device)
             if profile is not None:
                 config.set_calibration_profile(profile)  # calibration of a dynamic input needs a profile
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
@@ -591,18 +773,27 @@ def build_serialized_engine(
         config.DLA_core = int(build.dla_core)
         if build.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        on_dla, total = count_dla_layers(config, network)
+        log.info("DLA core %d: %d of %d layers placed on the DLA, the rest on the GPU", build.dla_core, on_dla, total)
+        if on_dla == 0:
+            raise RuntimeError(
+                f"no layer of this network can run on DLA core {build.dla_core}: the engine would run entirely on "
+                "the GPU. Drop dla_core"
+            )
+    attach_timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt)
     start = time.monotonic()
-    if monitor is not None:
-        config.progress_monitor = monitor
-        serialized = builder.build_serialized_network(network, config)
-    else:
-        with _ElapsedLogger():
+    try:
+        if monitor is not None:
+            config.progress_monitor = monitor
             serialized = builder.build_serialized_network(network, config)
+        else:
+            with _ElapsedLogger():
+                serialized = builder.build_serialized_network(network, config)
+    finally:
+        # Minutes of tactic timing survive a failed or interrupted (an exception, Ctrl-C) build.
+        save_timing_cache(config, timing_cache)
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
     log.info("built TensorRT engine in %.1f s", time.monotonic() - start)
-    atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)

@@ -60,3 +60,9 @@ class Backend(ABC):
     def _check_batch(self, batch: np.ndarray) -> None:
         if batch.dtype != np.float32 or batch.ndim != 4 or batch.shape[1:] != self.input_shape[1:]:
             raise ValueError(f"{self.name} backend expects float32 {self.input_shape}, got {batch.dtype} {batch.shape}")
+        if not self.dynamic_batch and batch.shape[0] != self.input_shape[0]:
+            # A copy into the static input buffer would broadcast one frame into every slot, silently.
+            raise ValueError(
+                f"{self.name} backend has a static batch of {self.input_shape[0]} frames, got {batch.shape[0]}: pad "
+                "the batch (Segmenter does) or use a dynamic-batch model"
+            )

@@ -16,18 +16,24 @@ from evit_ros.deploy.accuracy_gate import accuracy_gate, gate_batches
 from evit_ros.deploy.tensorrt_build import (
     EngineBuildConfig,
     TensorRTUnavailable,
-    _TrtLogger,
     atomic_write,
     build_serialized_engine,
+    calibration_fingerprint,
     engine_cache_key,
     engine_cache_root,
     engine_path,
     enum_name,
+    gate_failure_path,
     import_tensorrt,
+    load_or_build,
     parse_version,
     profile_shape,
+    record_gate_failure,
     select_precision_route,
+    stored_gate_failure,
+    timing_cache_path,
     torch_dtype_name,
+    trt_logger,
 )
 from evit_ros.runtime.base import Backend, BackendConfig
 from evit_ros.runtime.devices import torch_device
@@ -51,7 +57,7 @@ class TensorRTBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         from evit_ros.deploy.onnx_export import ensure_onnx
-        from evit_ros.deploy.onnx_graph import fp32_pin_nodes, metadata, require_logits
+        from evit_ros.deploy.onnx_graph import fp32_pin_nodes, metadata, require_float_io, require_logits
         from evit_ros.network.variants import get_variant
         from evit_ros.network.weights import sha256_of
 
@@ -82,11 +88,13 @@ class TensorRTBackend(Backend):
                 raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
             meta = metadata(onnx_path)
             require_logits(onnx_path, meta)
+            require_float_io(onnx_path)
             user_precision = meta.get("precision", "fp32")
             reference_onnx = onnx_path if user_precision == "fp32" else None
             if option(opts, "reference_onnx"):
                 reference_onnx = Path(option(opts, "reference_onnx")).expanduser()
                 require_logits(reference_onnx)
+                require_float_io(reference_onnx)
 
         self.trt = trt = import_tensorrt()
         import torch
@@ -100,7 +108,7 @@ class TensorRTBackend(Backend):
         config.device = str(device)
         self.device = device
 
-        route = select_precision_route(trt.__version__, precision, typing)
+        route = select_precision_route(trt.__version__, precision, typing, dla=build.dla_core is not None)
         for note in route.warnings:
             log.warning("TensorRT %s: %s", precision, note)
         strongly_typed = route.strongly_typed
@@ -149,31 +157,47 @@ class TensorRTBackend(Backend):
             "build": asdict(build),
         }
         self.engine_info = _EngineInfo(path, key, fields)
-        self.runtime = trt.Runtime(_TrtLogger.create(trt))
+        self.runtime = trt.Runtime(trt_logger(trt))
         if build.dla_core is not None:
             # A DLA engine deserializes onto the runtime's DLA core, which must be chosen first.
             if build.dla_core >= self.runtime.num_DLA_cores:
                 cores = self.runtime.num_DLA_cores
                 raise ValueError(f"DLA core {build.dla_core} requested, but this device has {cores} DLA cores")
             self.runtime.DLA_core = int(build.dla_core)
-        self.engine = self._load_cached(path, key)
-        if self.engine is None:
-            gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu)
-            timing = root / f"timing_{trt.__version__}_{gpu_slug}_sm{cc[0]}{cc[1]}.cache"
+
+        def build_engine():
+            gate = self._gate_inputs(reference_onnx, build) if build.needs_gate else None
+            if gate is not None:
+                stored = stored_gate_failure(path, key, gate, build.min_label_agreement)
+                if stored:
+                    raise RuntimeError(stored)
+            timing = timing_cache_path(root, trt.__version__, gpu, cc)
             calib = root / f"calibration_{key[:24]}.cache"
             log.info(
-                "building TensorRT %s engine for %s %s (cache %s)", precision, variant.name, self.input_shape, path
+                "building TensorRT %s engine for %s %s (cache %s); other processes wait for it",
+                precision,
+                variant.name,
+                self.input_shape,
+                path,
             )
-            blob = build_serialized_engine(trt, onnx_path, build, timing, calib, config.resolution, config.batch_size)
-            self.engine = self.runtime.deserialize_cuda_engine(blob)
-            if self.engine is None:
+            blob = build_serialized_engine(
+                trt, onnx_path, build, timing, calib, config.resolution, config.batch_size, str(device)
+            )
+            engine = self.runtime.deserialize_cuda_engine(blob)
+            if engine is None:
                 raise RuntimeError("TensorRT could not deserialize the engine it just built")
+            self.engine = engine
             self._setup_io()
-            if build.needs_gate:
-                self._gate(reference_onnx, build)
-            atomic_write(path, blob)
+            if gate is not None:
+                self._gate(reference_onnx, build, path, key, gate)
+            # Sidecar first: a process that finds the engine file (without the lock) then also finds its key.
             atomic_write(path.with_suffix(".json"), json.dumps(fields, indent=1, default=str).encode())
-        else:
+            atomic_write(path, blob)
+            return engine
+
+        self.context = None
+        self.engine = load_or_build(path, lambda: self._load_cached(path, key), build_engine)
+        if self.context is None:
             self._setup_io()
 
     def _load_cached(self, path: Path, key: str):
@@ -222,26 +246,51 @@ class TensorRTBackend(Backend):
                 self.output_name = name
         if self.buffers[self.input_name].dtype != torch.float32:
             raise ValueError(f"engine input {self.input_name} is {self.buffers[self.input_name].dtype}, not float32")
-        if not self.buffers[self.output_name].dtype.is_floating_point:
+        if self.buffers[self.output_name].dtype not in (torch.float32, torch.float16):
+            # float16 logits are widened on the host; other types have no numpy view of the host buffer.
             raise ValueError(
-                f"engine output {self.output_name} is {self.buffers[self.output_name].dtype}: a logits engine is needed"
+                f"engine output {self.output_name} is {self.buffers[self.output_name].dtype}: float32 or float16 "
+                "logits are needed"
             )
+        # Host frame path: page-locked staging buffers, allocated once, so both copies are true async DMA on the
+        # stream and infer() synchronises once per frame.
+        device_in, device_out = self.buffers[self.input_name], self.buffers[self.output_name]
+        self.host_input = torch.empty(device_in.shape, dtype=device_in.dtype, pin_memory=True)
+        self.host_output = torch.empty(device_out.shape, dtype=device_out.dtype, pin_memory=True)
+        self._host_input_np = self.host_input.numpy()
+        self._host_output_np = self.host_output.numpy()
 
-    def _gate(self, reference_onnx: Path | None, build: EngineBuildConfig) -> None:
-        if reference_onnx is None:
-            log.warning("no FP32 reference ONNX for the accuracy gate (options['reference_onnx']); gate skipped")
-            return
-        import onnxruntime as ort
+    def _gate_inputs(self, reference_onnx: Path | None, build: EngineBuildConfig) -> dict:
+        """What the gate's verdict depends on besides the engine: its frames and its reference."""
+        from evit_ros.network.weights import sha256_of
 
+        folder = build.gate_images or build.calibration_dir
+        return {
+            "frames": calibration_fingerprint(folder, build.gate_frames) if folder else "synthetic",
+            "gate_frames": build.gate_frames,
+            "reference_onnx": sha256_of(reference_onnx) if reference_onnx is not None else None,
+        }
+
+    def _gate(self, reference_onnx: Path | None, build: EngineBuildConfig, path: Path, key: str, gate: dict) -> None:
+        """Every new reduced-precision engine runs on the gate frames before it is cached: against the FP32 ONNX
+        Runtime reference when there is one, else for NaN/Inf alone. A failure is remembered beside the engine."""
         folder = build.gate_images or build.calibration_dir
         if not folder:
             log.warning("accuracy gate on synthetic images: pass gate_images / --gate-images for real frames")
         batches = gate_batches(folder, self.config.resolution, self.config.batch_size, build.gate_frames)
-        sess = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
-        in_name = sess.get_inputs()[0].name
-        result = accuracy_gate(
-            self.infer, lambda x: sess.run(None, {in_name: x})[0], batches, build.min_label_agreement
-        )
+        reference = None
+        if reference_onnx is None:
+            log.warning("no FP32 reference ONNX (options['reference_onnx']): the gate checks for NaN/Inf only")
+        else:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
+            in_name = sess.get_inputs()[0].name
+
+            def reference(x):
+                return sess.run(None, {in_name: x})[0]
+
+        result = accuracy_gate(self.infer, reference, batches, build.min_label_agreement)
         log.info("TensorRT %s accuracy gate vs FP32 ONNX Runtime: %s", build.precision, result.describe())
         if result.nonfinite and self.trt.__version__.startswith("10.0."):
             log.warning(
@@ -250,22 +299,27 @@ class TensorRTBackend(Backend):
                 self.trt.__version__,
             )
         if not result.passed:
-            raise RuntimeError(
+            reason = (
                 f"TensorRT {build.precision} engine failed the accuracy gate ({result.describe()}; minimum agreement "
                 f"{build.min_label_agreement * 100:.1f}%); not cached"
             )
+            record_gate_failure(path, key, gate, result, build.min_label_agreement, reason)
+            raise RuntimeError(reason)
+        gate_failure_path(path).unlink(missing_ok=True)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        self._check_batch(batch)
+        self._check_batch(batch)  # a static engine: exactly batch_size frames, never broadcast into every slot
+        np.copyto(self._host_input_np, batch)
         with torch.cuda.stream(self.stream):
-            self.buffers[self.input_name].copy_(torch.from_numpy(batch), non_blocking=False)
+            self.buffers[self.input_name].copy_(self.host_input, non_blocking=True)
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
-            out = self.buffers[self.output_name].float().cpu()
+            self.host_output.copy_(self.buffers[self.output_name], non_blocking=True)
         self.stream.synchronize()
-        return out.numpy()
+        # The caller owns the result (a batch split over several calls keeps each), so it leaves the staging buffer.
+        return self._host_output_np.astype(np.float32, copy=True)
 
     def describe(self) -> dict[str, str]:
         info = super().describe()
