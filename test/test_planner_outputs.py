@@ -443,3 +443,27 @@ def test_unknown_class_is_rejected_at_start_with_the_valid_ones(b0_checkpoint):
     assert proc.returncode == 2, out
     assert "sidwalk" in out and "valid classes: " + ", ".join(CITYSCAPES_CLASSES) in out, out
     assert "Traceback" not in out, out
+
+
+def test_class_masks_from_a_params_file(harness, b0_checkpoint, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n    class_masks: '{drivable: [road, sidewalk], people: [person, rider]}'\n"
+    )
+    overrides = {"model": "b0-cityscapes", "weights": str(b0_checkpoint), "resolution": "128x256",
+                 "backend": "torch", "num_threads": 1}  # fmt: skip
+    node = SegNode(
+        context=harness.context,
+        namespace="/params_file",
+        cli_args=["--ros-args", "--params-file", str(params)],
+        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+    )
+    try:
+        masks = {mask.name: mask for mask in node.cameras[0].planner.masks}
+        assert list(masks) == ["drivable", "people"]
+        assert masks["people"].image.publisher.topic_name == "/params_file/segmentation/mask/people"
+        assert masks["people"].compressed.topic_name == "/params_file/segmentation/mask/people/compressed"
+        assert np.flatnonzero(masks["drivable"].lut).tolist() == [0, 1]  # road, sidewalk
+        assert np.flatnonzero(masks["people"].lut).tolist() == [11, 12]  # person, rider
+    finally:
+        node.destroy_node()
