@@ -12,6 +12,7 @@ rolling (7404d772) lines 172, 200, 209-211, 261, 270-273, the same text. The dec
 from __future__ import annotations
 
 import array
+import json
 import os
 import subprocess
 import sys
@@ -467,3 +468,19 @@ def test_class_masks_from_a_params_file(harness, b0_checkpoint, tmp_path):
         assert np.flatnonzero(masks["people"].lut).tolist() == [11, 12]  # person, rider
     finally:
         node.destroy_node()
+
+
+def test_bench_outputs_reports_every_output(camvid_pairs, b0_checkpoint, tmp_path, capsys):
+    from evit_ros.cli.bench_outputs import main
+
+    out = tmp_path / "sizes.json"
+    frame = str(camvid_pairs[0][0])
+    args = [frame, "--weights", str(b0_checkpoint), "--resolution", "256x512", "--backend", "torch", "--size",
+            "native", "--repeats", "1", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    outputs = json.loads(out.read_text())[frame]["outputs"]
+    assert set(outputs) >= {"labels", "color", "overlay", "mask_drivable", "mask_people"}
+    labels = outputs["labels"]
+    assert labels["raw_bytes"] == 360 * 480 and 0 < labels["bytes"] < labels["raw_bytes"] and labels["ms"] > 0
+    assert "labels" in capsys.readouterr().out
+    assert main([frame, "--masks", "{drivable: [rode]}"]) == 2  # rejected as the node rejects it

@@ -209,6 +209,8 @@ class PlannerOutputs:
     ) -> None:
         """Encode and publish the wanted compressed images; called once every raw output of the frame is out.
         ``colours_bgr`` and ``overlay_bgr`` give those images in the codec's BGR order, computed on demand."""
+        if not want.compressed and not masks:
+            return
         jobs: list[tuple[str, Publisher, Callable[[], np.ndarray], str, str]] = []
         sources = {"labels": lambda: labels, "color": colours_bgr, "overlay": overlay_bgr}
         encodings = {"labels": (self.label_encoding, "png"), "color": ("rgb8", "png"), "overlay": ("bgr8", "jpeg")}
@@ -216,8 +218,6 @@ class PlannerOutputs:
             jobs.append((out, self.compressed[out], sources[out], *encodings[out]))
         for mask, pixels in masks:
             jobs.append((f"mask_{mask.name}", mask.compressed, lambda pixels=pixels: pixels, "mono8", "png"))
-        if not jobs:
-            return
         sizes = []
         for out, publisher, source, encoding, codec in jobs:
             t0 = time.perf_counter()
