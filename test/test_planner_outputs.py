@@ -17,13 +17,15 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import rclpy
+from conftest import stamp as _stamped
+from conftest import stamp_ns as _stamp_ns
+from conftest import wait_until
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -59,27 +61,7 @@ def _yaml_map(masks: dict[str, list[str]]) -> str:
 
 
 def _wait(predicate, timeout: float = 60.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-_counter = [0]
-
-
-def _stamped(msg, frame_id: str = "camera_front") -> int:
-    _counter[0] += 1
-    now = time.time_ns() + _counter[0]
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return now
-
-
-def _stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    return wait_until(predicate, timeout, step)
 
 
 def _pixels(msg: Image) -> np.ndarray:
