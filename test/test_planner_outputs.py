@@ -29,7 +29,7 @@ from conftest import wait_until
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from evit_ros.io.encodings import decode_transport, encode_transport, transport_format
 from evit_ros.network.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
@@ -324,14 +324,27 @@ def _round_trip(h: Harness, ns: str, frame: np.ndarray, masks: dict[str, list[st
     values = {kv.key: kv.value for kv in node.diagnostics_status().values}
     for out in ("labels", "color", "overlay", *(f"mask_{m}" for m in masks)):
         assert int(values[f"{out}_compressed_bytes"]) > 0 and float(values[f"{out}_compressed_ms"]) > 0, out
-    return {"labels": labels}
+    return {"labels": labels, "stamp": stamp, "header": msg.header}
 
 
 def test_round_trip_1080p_19_classes_official_b0(harness, frames_1080p):
-    got = _round_trip(harness, "city", frames_1080p[1], CITY_MASKS, CITYSCAPES_CLASSES)
+    h, node = harness, harness.nodes["city"]
+    # the masks' camera_info: the camera's, at the labels' size (the input size here) and with the frame's stamp
+    info = CameraInfo(width=1920, height=1080, distortion_model="plumb_bob")
+    info.k = [2121.1, 0.0, 1028.4, 0.0, 2389.4, 541.2, 0.0, 0.0, 1.0]
+    publisher = h.tester.create_publisher(CameraInfo, "/city/camera_info", RELIABLE)
+    h.subscribe(CameraInfo, "/city/segmentation/camera_info")
+    assert _wait(lambda: publisher.get_subscription_count() > 0, 20)
+    _stamped(info)
+    publisher.publish(info)
+    assert _wait(lambda: node.cameras[0].camera_info is not None, 20)
+    got = _round_trip(h, "city", frames_1080p[1], CITY_MASKS, CITYSCAPES_CLASSES)
     present = set(np.unique(got["labels"]).tolist())
     assert len(present) >= 5  # a real street scene
     assert {0, 1} & present  # road or sidewalk: the drivable mask is not trivially empty
+    scaled = h.wait_for("/city/segmentation/camera_info", got["stamp"])
+    assert (scaled.height, scaled.width) == SIZE_1080P and scaled.header == got["header"]
+    assert np.allclose(scaled.k, info.k)
 
 
 def test_round_trip_1080p_150_classes(harness, frames_1080p):
@@ -466,3 +479,24 @@ def test_bench_outputs_reports_every_output(camvid_pairs, b0_checkpoint, tmp_pat
     assert labels["raw_bytes"] == 360 * 480 and 0 < labels["bytes"] < labels["raw_bytes"] and labels["ms"] > 0
     assert "labels" in capsys.readouterr().out
     assert main([frame, "--masks", "{drivable: [rode]}"]) == 2  # rejected as the node rejects it
+
+
+def test_masks_follow_network_resolution_with_their_camera_info(harness, frames_1080p):
+    """mask_resolution: network (the low-bandwidth recipe): labels, masks and camera_info all at the network's size.
+    Runs after the 19-class round trip, which subscribed to everything and sent camera_info."""
+    h, node = harness, harness.nodes["city"]
+    assert node.set_parameters([Parameter("mask_resolution", value="network")])[0].successful
+    try:
+        msg, stamp = h.send("city", frames_1080p[0])
+        labels = _pixels(h.wait_for("/city/segmentation/labels", stamp))
+        assert labels.shape == (256, 512)
+        for name, classes in CITY_MASKS.items():
+            mask = _pixels(h.wait_for(f"/city/segmentation/mask/{name}", stamp))
+            assert np.array_equal(mask, _expected_mask(labels, classes, CITYSCAPES_CLASSES)), name
+            packed = h.wait_for(f"/city/segmentation/mask/{name}/compressed", stamp)
+            assert np.array_equal(decode_transport(packed.format, packed.data)[0], mask), name
+        info = h.wait_for("/city/segmentation/camera_info", stamp)
+        assert (info.height, info.width) == (256, 512) and info.header == msg.header
+        assert info.k[0] == pytest.approx(2121.1 * 512 / 1920) and info.k[5] == pytest.approx(541.2 * 256 / 1080)
+    finally:
+        node.set_parameters([Parameter("mask_resolution", value="input")])
