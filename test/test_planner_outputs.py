@@ -32,10 +32,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from evit_ros.io.encodings import decode_transport, encode_transport, transport_format
-from evit_ros.network.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
+from evit_ros.network.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES, parse_class_masks
 from evit_ros.pipeline import processing
 from evit_ros.ros.image_publisher import publish_path
-from evit_ros.ros.planner_outputs import PlannerOutputs, parse_class_masks
+from evit_ros.ros.planner_outputs import PlannerOutputs
 from evit_ros.ros.seg_node import SegNode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

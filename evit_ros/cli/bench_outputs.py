@@ -100,10 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from evit_ros.network.classes import class_table
+    from evit_ros.network.classes import class_table, parse_class_masks
     from evit_ros.network.variants import get_variant
     from evit_ros.pipeline.segmenter import Segmenter
-    from evit_ros.ros.planner_outputs import parse_class_masks
 
     weights = args.weights or (default_weights() if args.model == "b0-cityscapes" else None)
     try:

@@ -7,8 +7,9 @@
   Labels (mono8 / mono16) and colours are lossless PNG; the overlay is JPEG at ``jpeg_quality``.
   :func:`evit_ros.io.encodings.transport_format` cites the plugin's format string.
 * ``segmentation/mask/<name>`` (mono8, 0 or 255) and its ``/compressed`` (PNG): one mask per group of classes
-  named by the ``class_masks`` parameter, a table look-up over the label map (no second pass over the logits),
-  at the labels' size: ``segmentation/camera_info`` describes them.
+  named by the ``class_masks`` parameter (:func:`evit_ros.network.classes.parse_class_masks`), a table look-up
+  over the label map (no second pass over the logits), at the labels' size: ``segmentation/camera_info``
+  describes them.
 * ``segmentation/label_info`` (vision_msgs/LabelInfo, transient local) where vision_msgs is importable: the class
   table nav2's semantic_segmentation_layer and vision_msgs users read.
 
@@ -19,7 +20,6 @@ are encoded by the node's worker after every raw output of the frame has been pu
 from __future__ import annotations
 
 import array
-import re
 import threading
 import time
 from collections import deque
@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import yaml
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
@@ -43,46 +42,11 @@ __all__ = [
     "LABEL_INFO_TOPIC",
     "PlannerOutputs",
     "label_info_publisher",
-    "parse_class_masks",
 ]
 
 COMPRESSED_OUTPUTS = ("labels", "color", "overlay")  # the raw outputs that get a /compressed twin
 LABEL_INFO_TOPIC = "segmentation/label_info"
-_MASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _WINDOW = 30  # encodings behind each size and time in /diagnostics
-
-
-def parse_class_masks(text: str, class_names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """The ``class_masks`` parameter (a YAML mapping of mask names to class names, e.g.
-    ``{drivable: [road, sidewalk], people: [person, rider]}``; one class may be given bare) as mask name -> class
-    ids. ``ValueError`` with the reason, and the valid class names where a name is unknown."""
-    if not text.strip():
-        return {}
-    example = "e.g. '{drivable: [road, sidewalk], people: [person, rider]}'"
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"class_masks is not valid YAML ({exc}); {example}") from exc
-    if not isinstance(value, dict) or not value:
-        raise ValueError(f"class_masks must map mask names to lists of class names, got {text!r}; {example}")
-    ids = {name: i for i, name in enumerate(class_names)}
-    masks = {}
-    for name, classes in value.items():
-        if not isinstance(name, str) or not _MASK_NAME.fullmatch(name):
-            raise ValueError(
-                f"class_masks: mask name {name!r} cannot be a topic name (letters, digits and '_', starting with a "
-                "letter)"
-            )
-        classes = [classes] if isinstance(classes, str) else classes
-        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-            raise ValueError(f"class_masks: mask {name!r} must list class names, got {classes!r}; {example}")
-        unknown = [c for c in classes if c not in ids]
-        if unknown:
-            raise ValueError(
-                f"class_masks: mask {name!r} names unknown classes {unknown}; valid classes: {', '.join(class_names)}"
-            )
-        masks[name] = tuple(sorted({ids[c] for c in classes}))
-    return masks
 
 
 def label_info_publisher(node: Node, topic: str, class_names: Sequence[str], qos: QoSProfile) -> Publisher | None:

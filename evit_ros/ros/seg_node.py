@@ -70,7 +70,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from evit_ros.io.encodings import label_dtype_encoding
-from evit_ros.network.classes import class_table
+from evit_ros.network.classes import class_table, parse_class_masks
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
 from evit_ros.pipeline.allocation import retain_freed_memory
@@ -78,7 +78,7 @@ from evit_ros.pipeline.processing import POSTPROCESS_MODES
 from evit_ros.ros import rcl_serialized
 from evit_ros.ros.conversions import compressed_to_image, image_from_cdr, msg_to_image
 from evit_ros.ros.image_publisher import ImagePublisher, publish_path
-from evit_ros.ros.planner_outputs import LABEL_INFO_TOPIC, PlannerOutputs, label_info_publisher, parse_class_masks
+from evit_ros.ros.planner_outputs import LABEL_INFO_TOPIC, PlannerOutputs, label_info_publisher
 from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
 from evit_ros.runtime import batching_pays
