@@ -3,10 +3,12 @@ from conftest): image_transport ``compressed`` topics decoded back to the raw im
 laziness, the class-mask parameter's checks, vision_msgs/LabelInfo.
 
 The format strings are checked against ros-perception/image_transport_plugins, compressed_image_transport,
-src/compressed_publisher.cpp: branch humble (ef9442d8) lines 169 (format = encoding), 197 ("; jpeg compressed "),
-204-208 (+ "bgr8" for colour), 258 ("; png compressed "), 265-268 (+ "bgr" << bitDepth for colour only); branch
-rolling (7404d772) lines 172, 200, 209-211, 261, 270-273, the same text. The decoding side
-(compressed_subscriber.cpp, humble lines 121-175, rolling 118-172) is what decode_transport follows.
+src/compressed_publisher.cpp: branch humble (ef9442d8) lines 169 (format = the raw encoding), 197
+("; jpeg compressed "), 204-212 (+ "bgr8" for colour, "mono8" for mono), 258 ("; png compressed "), 266-270
+(+ "bgr" << bitDepth for colour only); branch rolling (7404d772) lines 172, 200, 207-215, 261, 269-273, the same
+text. The decoding side, compressed_subscriber.cpp (humble lines 121-175, rolling 118-172: imdecode with the
+default mode "unchanged", the encoding taken from the text before ';', BGR swapped back for rgb8), is what
+decode_transport follows.
 """
 
 from __future__ import annotations
