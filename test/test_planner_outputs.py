@@ -429,18 +429,30 @@ def test_label_info_absent_without_vision_msgs(harness):
     pytest.skip("vision_msgs is installed: test_label_info_is_latched covers it")
 
 
-def test_unknown_class_is_rejected_at_start_with_the_valid_ones(b0_checkpoint):
+def _bad_start(b0_checkpoint, *args: str) -> str:
+    """Start the node with ``args`` after --ros-args; expect exit status 2 (invalid parameter); its output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "evit_ros.ros.seg_node", "--ros-args", "-r", "__ns:=/bad_masks"]
-    for p in ("model:=b0-cityscapes", f"weights:={b0_checkpoint}", "backend:=torch",
-              "class_masks:='{drivable: [road, sidwalk]}'"):  # fmt: skip
+    for p in ("model:=b0-cityscapes", f"weights:={b0_checkpoint}", "backend:=torch"):
         cmd += ["-p", p]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*cmd, *args], check=False, env=env, capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
+    assert "invalid parameter" in out and "Traceback" not in out, out
+    return out
+
+
+def test_unknown_class_is_rejected_at_start_with_the_valid_ones(b0_checkpoint):
+    out = _bad_start(b0_checkpoint, "-p", "class_masks:='{drivable: [road, sidwalk]}'")
     assert "sidwalk" in out and "valid classes: " + ", ".join(CITYSCAPES_CLASSES) in out, out
-    assert "Traceback" not in out, out
+
+
+def test_unquoted_mapping_in_a_params_file_is_rejected(b0_checkpoint, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    class_masks: {drivable: [road, sidewalk]}\n")
+    out = _bad_start(b0_checkpoint, "--params-file", str(params))
+    assert "class_masks.drivable" in out and "quoted" in out, out
 
 
 def test_class_masks_from_a_params_file(harness, b0_checkpoint, tmp_path):

@@ -552,6 +552,13 @@ class SegNode(Node):
         reason = check_cameras(p["cameras"])
         if reason:
             raise ConfigError(reason)
+        # An unquoted mapping in a params file arrives as parameters named class_masks.<mask>, which nothing declares.
+        nested = sorted(name for name in self._parameter_overrides if name.startswith("class_masks."))
+        if nested:
+            raise ConfigError(
+                f"class_masks must be one string holding a YAML mapping, quoted in a params file (class_masks: "
+                f"'{{drivable: [road, sidewalk]}}'), got the parameters {', '.join(nested)}"
+            )
         try:  # checked before the model loads: the class names are the variant's dataset's
             self._class_masks = parse_class_masks(p["class_masks"], class_table(get_variant(p["model"]).dataset)[0])
         except ValueError as exc:
