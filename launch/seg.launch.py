@@ -3,6 +3,7 @@
     ros2 launch evit_ros seg.launch.py image:=/front/image_raw namespace:=front resolution:=512x1024
     ros2 launch evit_ros seg.launch.py use_compressed:=true backend:=onnxruntime build_only:=true
     ros2 launch evit_ros seg.launch.py cameras:="[front, left, right, rear]"
+    ros2 launch evit_ros seg.launch.py class_masks:="{drivable: [road, sidewalk], people: [person, rider]}"
 
 The node's parameters come from params_file (default: the package's config/seg.yaml); model, resolution,
 backend, precision, cameras and every backend option (dla_core, typing, calibration_dir, ...: the table in
@@ -25,6 +26,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from evit_ros.runtime.options import BACKEND_OPTIONS, OPTIONS_BY_NAME
 from launch import LaunchDescription
@@ -60,6 +62,7 @@ def _setup(context):
             "build_only",
             "dds_profile",
             "cameras",
+            "class_masks",
         )
     }
     actions = []
@@ -80,6 +83,9 @@ def _setup(context):
     cameras = parse_cameras(arg["cameras"])
     if cameras:
         overrides["cameras"] = cameras
+    if arg["class_masks"]:
+        # A YAML mapping in a string parameter: launch_ros would parse plain text as YAML and refuse a mapping.
+        overrides["class_masks"] = ParameterValue(arg["class_masks"], value_type=str)
     image_topic = arg["image"]
     remaps = [("image/compressed", image_topic + "/compressed")] if compressed else [("image", image_topic)]
     actions.append(
@@ -115,6 +121,11 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "cameras", default_value="", description="camera namespaces for one node, e.g. '[front, left]' ('' = file)"
+        ),
+        DeclareLaunchArgument(
+            "class_masks",
+            default_value="",
+            description="masks on segmentation/mask/<name>, e.g. '{drivable: [road, sidewalk]}' ('' = params_file)",
         ),
         DeclareLaunchArgument("use_compressed", default_value="false", description="subscribe <image>/compressed"),
         DeclareLaunchArgument("build_only", default_value="false", description="build the engine, then exit"),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,29 @@ def real_frames(shared_data: Path) -> list[Path]:
     if len(frames) < 4:
         pytest.skip("real frames missing from the shared data")
     return frames
+
+
+# ---------------------------------------------------------------------------------------- ROS test helpers
+def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` s have passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+_stamps = itertools.count(1)
+
+
+def stamp(msg, frame_id: str = "camera_front") -> int:
+    """Give ``msg`` a unique, current header stamp and ``frame_id``; returns the stamp in ns."""
+    now = time.time_ns() + next(_stamps)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return now
+
+
+def stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec

@@ -53,6 +53,7 @@ def generate_test_description():
             "image": f"/{NAMESPACE}/camera/image_raw",
             "namespace": NAMESPACE,
             "params_file": str(params),
+            "class_masks": "{flat: [road, sidewalk], people: person}",  # a YAML mapping, kept a string
             # The shipped profile lets UDP use every interface; the test keeps to loopback.
             "dds_profile": str(loopback_profile(REPO_ROOT / "config" / "fastdds_shm.xml", folder)),
         }.items(),
@@ -87,6 +88,10 @@ class TestSegLaunch(unittest.TestCase):
             self.assertEqual((got[0].height, got[0].width), (360, 480))
             self.assertEqual(got[0].header.frame_id, "camera")
             proc_output.assertWaitFor("segmenting", timeout=5)
+            topics = dict(node.get_topic_names_and_types())
+            for mask in ("flat", "people"):
+                self.assertIn(f"/{NAMESPACE}/segmentation/mask/{mask}", topics)
+                self.assertIn(f"/{NAMESPACE}/segmentation/mask/{mask}/compressed", topics)
         finally:
             node.destroy_node()
             rclpy.shutdown()

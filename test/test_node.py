@@ -21,6 +21,9 @@ import cv2
 import numpy as np
 import pytest
 import rclpy
+from conftest import stamp as _stamped
+from conftest import stamp_ns as _stamp_ns
+from conftest import wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
@@ -54,12 +57,7 @@ def _params(weights: Path, **extra) -> list[Parameter]:
 
 
 def _wait(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+    return wait_until(predicate, timeout, step)
 
 
 class Harness:
@@ -149,22 +147,6 @@ class Harness:
         self.tester.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self.thread.join(timeout=5)
-
-
-_counter = [0]
-
-
-def _stamped(msg, frame_id: str = "camera_front"):
-    """Give ``msg`` a unique, current stamp; returns the stamp in ns."""
-    _counter[0] += 1
-    now = time.time_ns() + _counter[0]
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return now
-
-
-def _stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
+import yaml
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -81,3 +85,39 @@ def class_table(dataset: str) -> tuple[tuple[str, ...], np.ndarray]:
     if dataset == "ade20k":
         return ADE20K_CLASSES, ADE20K_PALETTE
     raise ValueError(f"unknown dataset '{dataset}'")
+
+
+_MASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # one token of a ROS topic name
+
+
+def parse_class_masks(text: str, class_names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The ``class_masks`` parameter (a YAML mapping of mask names to class names, e.g.
+    ``{drivable: [road, sidewalk], people: [person, rider]}``; one class may be given bare) as mask name -> class
+    ids. ``ValueError`` with the reason, and the valid class names where a name is unknown."""
+    if not text.strip():
+        return {}
+    example = "e.g. '{drivable: [road, sidewalk], people: [person, rider]}'"
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"class_masks is not valid YAML ({exc}); {example}") from exc
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"class_masks must map mask names to lists of class names, got {text!r}; {example}")
+    ids = {name: i for i, name in enumerate(class_names)}
+    masks = {}
+    for name, classes in value.items():
+        if not isinstance(name, str) or not _MASK_NAME.fullmatch(name):
+            raise ValueError(
+                f"class_masks: mask name {name!r} cannot be a topic name (letters, digits and '_', starting with a "
+                "letter)"
+            )
+        classes = [classes] if isinstance(classes, str) else classes
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise ValueError(f"class_masks: mask {name!r} must list class names, got {classes!r}; {example}")
+        unknown = [c for c in classes if c not in ids]
+        if unknown:
+            raise ValueError(
+                f"class_masks: mask {name!r} names unknown classes {unknown}; valid classes: {', '.join(class_names)}"
+            )
+        masks[name] = tuple(sorted({ids[c] for c in classes}))
+    return masks

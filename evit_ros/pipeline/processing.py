@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -465,6 +466,20 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     lut = np.zeros((max(int(labels.max(initial=0)) + 1, len(palette)), 3), dtype=np.uint8)
     lut[: len(palette)] = palette
     return np.take(lut, labels, axis=0)
+
+
+def class_lut(class_ids: Sequence[int], dtype: np.dtype | type) -> np.ndarray:
+    """A 0/255 ``uint8`` lookup table over every id ``dtype`` labels can hold, 255 at ``class_ids``."""
+    lut = np.zeros(np.iinfo(dtype).max + 1, dtype=np.uint8)
+    lut[list(class_ids)] = 255
+    return lut
+
+
+def class_mask(labels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The mono8 mask ``lut[labels]`` (:func:`class_lut`): one table look-up per pixel, into ``out`` when given."""
+    if labels.dtype == np.uint8:
+        return _into(out, cv2.LUT(labels, lut, dst=_cv_dst(out)))
+    return np.take(lut, labels, out=out)
 
 
 def overlay(

@@ -12,6 +12,10 @@ Topics (all relative, so a namespace or remapping places them):
   ``segmentation/overlay`` (bgr8), ``segmentation/confidence`` (32FC1 probability in [0, 1], or mono8
   ``round(255 * p)``), ``segmentation/camera_info`` (the input camera_info rescaled to the output size),
   ``segmentation/class_table`` (std_msgs/String, JSON, transient local, published once), ``/diagnostics``.
+* for planners (:mod:`evit_ros.ros.planner_outputs`): ``segmentation/{labels,color,overlay}/compressed`` in
+  image_transport's ``compressed`` format (PNG, lossless; the overlay JPEG), ``segmentation/mask/<name>`` (+
+  ``/compressed``) per class group of ``class_masks``, ``segmentation/label_info`` (vision_msgs/LabelInfo, where
+  vision_msgs is installed).
 
 Every output carries the input header unchanged. An output nobody subscribes to is not computed, and with no
 subscriber at all the network does not run.
@@ -43,7 +47,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -66,6 +70,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from evit_ros.io.encodings import label_dtype_encoding
+from evit_ros.network.classes import class_table, parse_class_masks
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS, get_variant, parse_resolution
 from evit_ros.pipeline import processing
 from evit_ros.pipeline.allocation import retain_freed_memory
@@ -73,6 +78,7 @@ from evit_ros.pipeline.processing import POSTPROCESS_MODES
 from evit_ros.ros import rcl_serialized
 from evit_ros.ros.conversions import compressed_to_image, image_from_cdr, msg_to_image
 from evit_ros.ros.image_publisher import ImagePublisher, publish_path
+from evit_ros.ros.planner_outputs import LABEL_INFO_TOPIC, PlannerOutputs, label_info_publisher
 from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
 from evit_ros.runtime import batching_pays
@@ -115,6 +121,7 @@ RUNTIME_PARAMETERS = frozenset(
         "publish_color",
         "publish_overlay",
         "publish_confidence",
+        "jpeg_quality",
     }
 )
 
@@ -179,6 +186,20 @@ def _parameter_table() -> dict[str, _Param]:
         "batch_wait_ms": _Param(
             0.0, "longest wait for more cameras' frames to fill a batch (0 = never wait)", True, None, (0.0, 1000.0)
         ),
+        **_planner_parameters(),
+    }
+
+
+def _planner_parameters() -> dict[str, _Param]:
+    """The parameters of :mod:`evit_ros.ros.planner_outputs`."""
+    return {
+        "class_masks": _Param(
+            "",
+            "YAML map of mask names to class names, e.g. '{drivable: [road, sidewalk], people: [person, rider]}': "
+            "one mono8 0/255 mask each on segmentation/mask/<name> ('' = none)",
+            True,
+        ),
+        "jpeg_quality": _Param(80, "JPEG quality of segmentation/overlay/compressed", False, (1, 100)),
     }
 
 
@@ -466,6 +487,12 @@ class SegNode(Node):
                                           ("overlay", cam.pub_overlay), ("confidence", cam.pub_confidence))
             }  # fmt: skip
             cam.pub_table.publish(table)
+            cam.planner = PlannerOutputs(
+                self, cam.topic, out_qos, self._class_masks, self.label_dtype, self.publish_path
+            )
+            cam.pub_label_info = label_info_publisher(
+                self, cam.topic(LABEL_INFO_TOPIC), self.segmenter.class_names, latched
+            )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         for cam in self.cameras:
@@ -525,6 +552,17 @@ class SegNode(Node):
         reason = check_cameras(p["cameras"])
         if reason:
             raise ConfigError(reason)
+        # An unquoted mapping in a params file arrives as parameters named class_masks.<mask>, which nothing declares.
+        nested = sorted(name for name in self._parameter_overrides if name.startswith("class_masks."))
+        if nested:
+            raise ConfigError(
+                f"class_masks must be one string holding a YAML mapping, quoted in a params file (class_masks: "
+                f"'{{drivable: [road, sidewalk]}}'), got the parameters {', '.join(nested)}"
+            )
+        try:  # checked before the model loads: the class names are the variant's dataset's
+            self._class_masks = parse_class_masks(p["class_masks"], class_table(get_variant(p["model"]).dataset)[0])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         updates = {}
@@ -537,6 +575,9 @@ class SegNode(Node):
             reason = check_choice(param.name, value)
             if param.name == "overlay_alpha" and not (isinstance(value, float) and 0.0 <= value <= 1.0):
                 reason = f"overlay_alpha must be a float within [0, 1], got {value!r}"
+            low, high = self._specs[param.name].int_range or (None, None)
+            if low is not None and not (isinstance(value, int) and low <= value <= high):
+                reason = f"{param.name} must be an integer within [{low}, {high}], got {value!r}"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             updates[param.name] = value
@@ -586,6 +627,7 @@ class SegNode(Node):
             "overlay": rt["publish_overlay"] and cam.pub_overlay.get_subscription_count() > 0,
             "confidence": rt["publish_confidence"] and cam.pub_confidence.get_subscription_count() > 0,
             "camera_info": cam.camera_info is not None and cam.pub_info.get_subscription_count() > 0,
+            "planner": cam.planner.wanted(rt),
         }
 
     def _process(self, frames: list[tuple[_Camera, object]]) -> None:
@@ -616,15 +658,24 @@ class SegNode(Node):
         logits = self.segmenter.logits_batch([job.image for job in jobs], [job.order for job in jobs])
         infer_ms = (time.perf_counter() - t0) * 1e3
         self.network.add(len(jobs), infer_ms)
+        compress = []  # every camera's raw outputs go out before any image is compressed
         for job, one in zip(jobs, logits, strict=True):
             try:
-                self._publish(job, one, rt, infer_ms)
+                compress.append((job, self._publish(job, one, rt, infer_ms)))
             except Exception as exc:  # noqa: BLE001 - one camera's failure must not cost the others their outputs
                 if self._stop.is_set() or not self.context.ok():
                     raise
                 self._bad_frame(job.camera, f"{type(exc).__name__}: {exc}")
+        for job, pending in compress:
+            try:
+                pending()
+            except Exception as exc:  # noqa: BLE001 - as above
+                if self._stop.is_set() or not self.context.ok():
+                    raise
+                self._bad_frame(job.camera, f"compressed outputs: {type(exc).__name__}: {exc}")
 
-    def _publish(self, job: _Job, logits: np.ndarray, rt: dict, infer_ms: float) -> None:
+    def _publish(self, job: _Job, logits: np.ndarray, rt: dict, infer_ms: float) -> Callable[[], None]:
+        """Publish the frame's raw outputs; returns what publishes its compressed ones."""
         cam, want, image, header = job.camera, job.want, job.image, job.msg.header
         in_size = image.shape[:2]
         out_size = tuple(self.segmenter.resolution) if rt["mask_resolution"] == "network" else in_size
@@ -643,17 +694,10 @@ class SegNode(Node):
         if want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
             cam.images["color"].publish(colours, "rgb8", header)
+        overlay = None
         if want["overlay"]:
-            # Blended in the camera's own channel order: bgr8 input needs no swap on the way in, nor on the way out,
-            # where the blend is written straight into the message.
-            base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
-            palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
-            alpha = float(rt["overlay_alpha"])
-            with cam.images["overlay"].loan(base.shape, np.uint8, "bgr8", header) as into:
-                if job.order == "bgr":
-                    processing.overlay(base, labels, palette, alpha, out=into)
-                else:
-                    cv2.cvtColor(processing.overlay(base, labels, palette, alpha), cv2.COLOR_RGB2BGR, dst=into)
+            with cam.images["overlay"].loan((*out_size, 3), np.uint8, "bgr8", header) as into:
+                overlay = self._overlay_bgr(job, labels, out_size, rt, into)
         if want["confidence"]:
             if rt["confidence_encoding"] == "mono8":
                 conf8 = np.clip(np.rint(np.nan_to_num(conf) * 255.0), 0, 255).astype(np.uint8)
@@ -662,6 +706,7 @@ class SegNode(Node):
                 cam.images["confidence"].publish(np.asarray(conf, dtype="<f4"), "32FC1", header)
         if want["camera_info"]:
             cam.pub_info.publish(scale_camera_info(cam.camera_info, in_size, out_size, header))
+        masks = cam.planner.publish_masks(want["planner"], labels, header)
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
@@ -677,6 +722,34 @@ class SegNode(Node):
                 cam.stats.latency_ms.append((now_ns - stamp_ns) / 1e6)
         if not finite:
             self.get_logger().warn("network output has NaN/Inf values", throttle_duration_sec=ERROR_THROTTLE_S)
+
+        def compress() -> None:
+            # The loaned label and overlay buffers stay readable until their publishers' next frame.
+            cam.planner.publish_compressed(
+                want["planner"],
+                masks,
+                labels,
+                lambda: processing.colorize(labels, self.palette_bgr),
+                lambda: overlay if overlay is not None else self._overlay_bgr(job, labels, out_size, rt),
+                header,
+                int(rt["jpeg_quality"]),
+            )
+
+        return compress
+
+    def _overlay_bgr(
+        self, job: _Job, labels: np.ndarray, out_size: tuple[int, int], rt: dict, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The overlay in BGR order (into ``out`` when given)."""
+        # Blended in the camera's own channel order: bgr8 input needs no swap on the way in, nor on the way out,
+        # where the blend is written straight into the message.
+        image = job.image
+        base = image if out_size == image.shape[:2] else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
+        palette = self.palette_bgr if job.order == "bgr" else self.segmenter.palette
+        alpha = float(rt["overlay_alpha"])
+        if job.order == "bgr":
+            return processing.overlay(base, labels, palette, alpha, out=out)
+        return cv2.cvtColor(processing.overlay(base, labels, palette, alpha), cv2.COLOR_RGB2BGR, dst=out)
 
     # ---------------------------------------------------------------- diagnostics
     def diagnostics_status(self, cam: _Camera | None = None) -> DiagnosticStatus:
@@ -708,6 +781,7 @@ class SegNode(Node):
             "latency_ms": f"{np.mean(latency):.2f}" if latency else "nan",
             "latency_ms_p90": f"{_percentile(latency, 90):.2f}" if latency else "nan",
             **{k: str(v) for k, v in counters.items()},
+            **cam.planner.diagnostics(),
         }
         fqn = self.get_fully_qualified_name()
         if self.multi_camera:
