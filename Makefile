@@ -42,12 +42,14 @@ EXPORT := $(PY) -m evit_ros.cli.main export --model b0-cityscapes --weights $(B0
 
 test-onnx: $(ONNX_STAMP)
 
+# 512x1024 at batch 1 as test/conftest.py's b0_onnx; the others with a dynamic batch (multi-camera nodes batch frames).
+ONNX_DYNAMIC := 256x512 128x256 128x160 384x512
 $(ONNX_STAMP): $(STAMP)
-	@mkdir -p $(ONNX_DIR)
+	@rm -rf $(ONNX_DIR) && mkdir -p $(ONNX_DIR)
 	@if [ -f "$(B0_WEIGHTS)" ]; then \
-		$(EXPORT) --resolution 512x1024 $(ONNX_DIR)/b0-cityscapes_512x1024.onnx && \
-		$(EXPORT) --resolution 256x512 --dynamic-batch $(ONNX_DIR)/b0-cityscapes_256x512.onnx && \
-		$(EXPORT) --resolution 128x256 --dynamic-batch $(ONNX_DIR)/b0-cityscapes_128x256.onnx; \
+		$(EXPORT) --resolution 512x1024 $(ONNX_DIR)/b0-cityscapes_512x1024.onnx || exit 1; \
+		for res in $(ONNX_DYNAMIC); do \
+			$(EXPORT) --resolution $$res --dynamic-batch $(ONNX_DIR)/b0-cityscapes_$$res.onnx || exit 1; done; \
 	else echo "no B0 checkpoint at $(B0_WEIGHTS): nothing exported, the tests that need it skip"; fi
 	touch $@
 
@@ -57,7 +59,16 @@ comma := ,
 PY312 ?= $(call find_python,3.12)
 PY310 ?= $(call find_python,3.10)
 
-# One rule per extra environment: $(1) name, $(2) folder, $(3) interpreter, $(4) requirements file, $(5) header.
+# What each extra environment runs. Jazzy: what differs between ROS distributions (rclpy, Fast DDS, rcl through
+# ctypes), i.e. the launch-free node tests, the conversions, play and the install paths. Python 3.10: everything;
+# what needs torch or ROS skips by that reason.
+JAZZY_TESTS := test/test_node.py test/test_multicamera.py test/test_rcl_serialized.py test/test_ros_conversions.py \
+	test/test_lean_conversions.py test/test_dds_profile.py test/test_scheduler.py test/test_play.py \
+	test/test_packaging.py test/test_package_metadata.py
+PY310_TESTS := test
+
+# One rule per extra environment: $(1) name, $(2) folder, $(3) interpreter, $(4) requirements file, $(5) header,
+# $(6) the variable naming the interpreter, $(7) the tests.
 define extra_env
 $(2)/.installed: $(4) setup.py
 	@if [ -z "$(3)" ]; then echo "no python for $(1)"; exit 1; fi
@@ -74,10 +85,10 @@ test-$(1): $(ONNX_STAMP)
 		if [ -n "$$$$CI" ]; then exit 1; fi; exit 0; fi
 	@$(MAKE) --no-print-directory $(2)/.installed
 	@echo "==== $(1): $(5) ===="
-	EVIT_ROS_TEST_ONNX_DIR=$$(CURDIR)/$(ONNX_DIR) $(2)/bin/python -m pytest test -q -ra -p no:cacheprovider; $$(PYTEST_RC)
+	EVIT_ROS_TEST_ONNX_DIR=$$(CURDIR)/$(ONNX_DIR) $(2)/bin/python -m pytest $(7) -q -ra -p no:cacheprovider; $$(PYTEST_RC)
 endef
-$(eval $(call extra_env,jazzy,.venv-jazzy,$(PY312),requirements-jazzy.txt,$$$$($(PY312) -V) ROS 2 Jazzy (rclpy 7.1 and Fast DDS 2 from PyPI) without torch,PY312))
-$(eval $(call extra_env,py310,.venv-py310,$(PY310),requirements-py310.txt,$$$$($(PY310) -V) (ROS 2 Humble's Python) without ROS or torch,PY310))
+$(eval $(call extra_env,jazzy,.venv-jazzy,$(PY312),requirements-jazzy.txt,$$$$($(PY312) -V) ROS 2 Jazzy (rclpy 7.1 and Fast DDS 2 from PyPI) without torch,PY312,$$(JAZZY_TESTS)))
+$(eval $(call extra_env,py310,.venv-py310,$(PY310),requirements-py310.txt,$$$$($(PY310) -V) (ROS 2 Humble's Python) without ROS or torch,PY310,$$(PY310_TESTS)))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evit_ros test launch

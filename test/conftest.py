@@ -103,17 +103,31 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def optional(module: str):
+    """An optional dependency's module, or None where it is not installed (tests that need it get ``needs``)."""
+    return importlib.import_module(module) if has_module(module) else None
+
+
+def needs(module: str, why: str) -> pytest.MarkDecorator:
+    """Skip the marked test where ``module`` is not installed, saying what it is needed for."""
+    return pytest.mark.skipif(not has_module(module), reason=f"{module} is not installed ({why})")
+
+
+needs_torch = needs("torch", "to run or export a checkpoint")
+
+
 @dataclass(frozen=True)
 class NodeModel:
-    """The official B0 as a node runs it here: the checkpoint on torch, else the exported ONNX on ONNX Runtime."""
+    """The official B0 as this environment runs it: the checkpoint on torch, else the exported ONNX on ONNX
+    Runtime (the same network: `evit-ros export` checks logit parity)."""
 
     weights: Path
     backend: str
 
 
 @pytest.fixture(scope="session")
-def b0_node_model(request: pytest.FixtureRequest):
-    """``b0_node_model(resolution)``: the B0 for a node at that resolution (any batch size)."""
+def b0_model(request: pytest.FixtureRequest):
+    """``b0_model(resolution)``: the B0 at that resolution (any batch size), for a node or a Segmenter."""
 
     def model(resolution: str) -> NodeModel:
         if has_module("torch"):

@@ -170,8 +170,8 @@ def _stamp_ns(header) -> int:
 
 
 @pytest.fixture(scope="module")
-def model(b0_node_model) -> NodeModel:
-    return b0_node_model(RESOLUTION)
+def model(b0_model) -> NodeModel:
+    return b0_model(RESOLUTION)
 
 
 @pytest.fixture(scope="module")
