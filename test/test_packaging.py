@@ -110,6 +110,12 @@ def test_wheel_holds_every_module_folder_and_data_file(wheel: Path) -> None:
     assert wheel.name.startswith(f"evit_ros-{_version()}-")
 
 
+_DROP_EDITABLE = (
+    "sys.meta_path[:] = [f for f in sys.meta_path if '__editable___evit_ros' not in getattr(f, '__module__', '')]; "
+    "sys.path_hooks[:] = [h for h in sys.path_hooks if '__editable___evit_ros' not in getattr(h, '__module__', '')]"
+)
+
+
 @pytest.fixture(scope="module")
 def fresh_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv outside the source tree with the wheel installed; dependencies from the running environment."""
@@ -120,7 +126,11 @@ def fresh_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = Path(purelib.stdout.strip())
     deps = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     # addsitedir also runs the .pth hooks there (the ROS wheels' bootstrapper); the fresh site-packages stays first.
-    (site / "running_env.pth").write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in deps))
+    # The running environment's editable install of evit_ros is a finder consulted after the path: it would serve
+    # any module missing from the wheel out of the source tree, so it is taken out again.
+    lines = [f"import site; site.addsitedir({d!r})" for d in deps]
+    lines.append(f"import sys; {_DROP_EDITABLE}")
+    (site / "running_env.pth").write_text("\n".join(lines) + "\n")
     proc = _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel], root, _env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return root
@@ -189,8 +199,8 @@ weights, backend = sys.argv[1:3]
 seg = Segmenter("b0-cityscapes", weights, "128x256", backend=backend, num_threads=1, allow_random_weights=True)
 frame = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
 labels = seg.segment(frame, order="bgr").labels
-print(json.dumps({"file": evit_ros.__file__, "shape": list(labels.shape), "dtype": str(labels.dtype),
-                  "max": int(labels.max())}))
+print(json.dumps({"file": sys.modules[Segmenter.__module__].__file__, "shape": list(labels.shape),
+                  "dtype": str(labels.dtype), "max": int(labels.max())}))
 """
 
 
@@ -232,8 +242,11 @@ def test_plain_colcon_build_installs_a_seg_node_that_starts(tmp_path: Path) -> N
     }
     # What `source install/setup.bash` puts in place for this package: its site-packages and its prefix.
     env = _env(PYTHONPATH=str(site), AMENT_PREFIX_PATH=os.pathsep.join([str(prefix), os.environ["AMENT_PREFIX_PATH"]]))
-    where = _run([sys.executable, "-c", "import evit_ros; print(evit_ros.__file__)"], tmp_path, env)
-    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
+    # Modules deep in the package, so that neither the source tree nor an editable install could have served them.
+    code = "import evit_ros.pipeline.segmenter as a, evit_ros.ros.seg_node as b; print(a.__file__); print(b.__file__)"
+    where = _run([sys.executable, "-c", code], tmp_path, env)
+    files = where.stdout.split()
+    assert len(files) == 2 and all(Path(f).is_relative_to(site) for f in files), where.stdout + where.stderr
     script = prefix / "lib" / "evit_ros" / "seg_node"  # what `ros2 run evit_ros seg_node` executes
     assert script.is_file() and os.access(script, os.X_OK)
     proc = _run([script, "--ros-args", "-p", BAD_PARAMETER[0]], tmp_path, env)
