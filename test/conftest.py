@@ -123,6 +123,14 @@ class NodeModel:
 
     weights: Path
     backend: str
+    resolution: str
+
+    def segmenter(self, **kwargs):
+        """A Segmenter of this model, single-threaded as the tests' nodes run it."""
+        from evit_ros.pipeline.segmenter import Segmenter
+
+        kwargs.setdefault("num_threads", 1)
+        return Segmenter("b0-cityscapes", self.weights, self.resolution, backend=self.backend, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -131,9 +139,9 @@ def b0_model(request: pytest.FixtureRequest):
 
     def model(resolution: str) -> NodeModel:
         if has_module("torch"):
-            return NodeModel(request.getfixturevalue("b0_checkpoint"), "torch")
+            return NodeModel(request.getfixturevalue("b0_checkpoint"), "torch", resolution)
         require("onnxruntime")
-        return NodeModel(exported_b0(resolution), "onnxruntime")
+        return NodeModel(exported_b0(resolution), "onnxruntime", resolution)
 
     return model
 

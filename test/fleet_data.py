@@ -41,11 +41,7 @@ def load_frames(camvid_pairs: list[tuple[Path, Path]], n: int, size: tuple[int, 
 def predict(frames: list[dict], model) -> None:
     """Adds the real B0 prediction of every frame (what a node on the robot would have published); ``model`` is
     conftest's ``b0_model(RESOLUTION)``."""
-    from evit_ros.pipeline.segmenter import Segmenter
-
-    seg = Segmenter(
-        model="b0-cityscapes", weights=model.weights, resolution=RESOLUTION, backend=model.backend, num_threads=1
-    )
+    seg = model.segmenter()
     for f in frames:
         f["pred"] = seg.segment(f["rgb"], order="rgb").labels
     seg.close()

@@ -94,8 +94,6 @@ def test_bag_errors(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def recording(camvid_pairs: list[tuple[Path, Path]], b0_model) -> dict:
     """Real CamVid frames, their stamps, GT, and the real B0 predictions a node would have published."""
-    from evit_ros.pipeline.segmenter import Segmenter
-
     model = b0_model(RESOLUTION)
     names_t = {}
     seq = camvid_pairs[0][0].parents[1] / "val_sequence.txt"
@@ -103,9 +101,7 @@ def recording(camvid_pairs: list[tuple[Path, Path]], b0_model) -> dict:
         if line.strip() and not line.startswith("#"):
             name, t_s = line.split()
             names_t[name] = float(t_s)
-    seg = Segmenter(
-        model="b0-cityscapes", weights=model.weights, resolution=RESOLUTION, backend=model.backend, num_threads=1
-    )
+    seg = model.segmenter()
     frames = []
     t0 = 1_700_000_000 * 10**9
     for i, (img_path, gt_path) in enumerate(camvid_pairs[:N_FRAMES]):

@@ -144,16 +144,7 @@ def model(b0_model) -> NodeModel:
 @pytest.fixture(scope="module")
 def reference(model):
     """The single-camera Segmenter with the node's parameters."""
-    from evit_ros.pipeline.segmenter import Segmenter
-
-    seg = Segmenter(
-        "b0-cityscapes",
-        model.weights,
-        RESOLUTION,
-        backend=model.backend,
-        num_threads=1,
-        postprocess_mode=NODE_POSTPROCESS,
-    )
+    seg = model.segmenter(postprocess_mode=NODE_POSTPROCESS)
     yield seg
     seg.close()
 
