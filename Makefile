@@ -44,7 +44,7 @@ test-onnx: $(ONNX_STAMP)
 
 # 512x1024 at batch 1 as test/conftest.py's b0_onnx; the others with a dynamic batch (multi-camera nodes batch frames).
 ONNX_DYNAMIC := 256x512 128x256 128x160 384x512
-$(ONNX_STAMP): $(STAMP)
+$(ONNX_STAMP): $(STAMP) $(wildcard evit_ros/network/*.py evit_ros/deploy/*.py)
 	@rm -rf $(ONNX_DIR) && mkdir -p $(ONNX_DIR)
 	@if [ -f "$(B0_WEIGHTS)" ]; then \
 		$(EXPORT) --resolution 512x1024 $(ONNX_DIR)/b0-cityscapes_512x1024.onnx || exit 1; \
