@@ -184,6 +184,12 @@ def test_fresh_env_console_scripts(fresh_env: Path) -> None:
 @needs("rclpy", "for seg_node to start")
 def test_fresh_env_seg_node_checks_its_arguments(fresh_env: Path) -> None:
     bin_dir = fresh_env / "bin"
+    proc = _run([bin_dir / "seg_node", "--help"], fresh_env, _env())
+    assert proc.returncode == 0 and "Parameters" in proc.stdout, proc.stdout + proc.stderr
+    assert all(f"\n  {name} (" in proc.stdout for name in ("model", "weights", "resolution", "backend", "cameras"))
+    proc = _run([bin_dir / "seg_node", "--ros-args", "--help"], fresh_env, _env())  # --help is no ROS argument
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "'seg_node --help'" in out and "Traceback" not in out, out
     proc = _run([bin_dir / "seg_node", "--ros-args", "-p", BAD_PARAMETER[0]], fresh_env, _env())
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "invalid parameter" in out and BAD_PARAMETER[1] in out, out
