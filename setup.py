@@ -1,12 +1,19 @@
+import xml.etree.ElementTree as ET
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 package_name = "evit_ros"
+# One version for rosdep/bloom, pip and `evit-ros --version`: package.xml's (test/test_package_metadata.py checks
+# that evit_ros.__version__ matches it).
+version = ET.parse(Path(__file__).with_name("package.xml")).getroot().findtext("version")
+# Bags without a ROS install; MCAP chunks are lz4 or zstd compressed (mcap brings both, the reader imports them).
+bag_reading = ["rosbags>=0.10", "mcap>=1.1", "lz4", "zstandard"]
 
 setup(
     name=package_name,
-    version="0.1.0",
+    version=version,
     packages=find_packages(exclude=["test", "test.*"]),
     package_data={package_name: ["data/*.txt", "data/*.yaml", "data/*.xml"]},
     data_files=[
@@ -22,8 +29,8 @@ setup(
         "torch": ["torch>=2.1"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         "openvino": ["openvino>=2024.0"],
-        "eval": ["rosbags>=0.10", "matplotlib", "mcap>=1.1"],
-        "ray": ["ray>=2.9", "rosbags>=0.10", "matplotlib", "mcap>=1.1"],
+        "eval": [*bag_reading, "matplotlib"],
+        "ray": ["ray>=2.9", *bag_reading, "matplotlib"],
         "hub": ["huggingface_hub"],
     },
     zip_safe=True,

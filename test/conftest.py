@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,17 +69,84 @@ def require(module: str):
     return pytest.importorskip(module, reason=f"{module} is not installed")
 
 
+# Environments without torch (`make test-jazzy`, `make test-py310`) get the official B0 exported by the main
+# environment earlier in the same run: `b0-cityscapes_<H>x<W>.onnx` files in this folder (see the Makefile).
+ONNX_DIR_ENV = "EVIT_ROS_TEST_ONNX_DIR"
+
+
+def exported_b0(resolution: str) -> Path:
+    """The B0 ONNX the main environment exported at ``resolution``, or skip the test that needs it."""
+    folder = os.environ.get(ONNX_DIR_ENV)
+    if not folder:
+        pytest.skip(f"no torch to export the B0 checkpoint and {ONNX_DIR_ENV} is not set")
+    path = Path(folder) / f"b0-cityscapes_{resolution}.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} was not exported (no real data in the main environment?)")
+    return path
+
+
 @pytest.fixture(scope="session")
-def b0_onnx(b0_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The official B0 exported once per session at 512x1024 (logits head) through `evit-ros export`."""
+def b0_onnx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official B0 at 512x1024 (logits head, batch 1): exported once per session through `evit-ros export`, or
+    where torch is absent the file the main environment exported."""
     require("onnx")
     require("onnxruntime")
+    if not has_module("torch"):
+        return exported_b0("512x1024")
     from evit_ros.cli.main import main
 
+    checkpoint = request.getfixturevalue("b0_checkpoint")
     out = tmp_path_factory.mktemp("onnx") / "b0_512x1024.onnx"
-    args = ["export", "--model", "b0-cityscapes", "--weights", str(b0_checkpoint), "--resolution", "512x1024"]
+    args = ["export", "--model", "b0-cityscapes", "--weights", str(checkpoint), "--resolution", "512x1024"]
     assert main([*args, str(out)]) == 0
     return out
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def optional(module: str):
+    """An optional dependency's module, or None where it is not installed (tests that need it get ``needs``)."""
+    return importlib.import_module(module) if has_module(module) else None
+
+
+def needs(module: str, why: str) -> pytest.MarkDecorator:
+    """Skip the marked test where ``module`` is not installed, saying what it is needed for."""
+    return pytest.mark.skipif(not has_module(module), reason=f"{module} is not installed ({why})")
+
+
+needs_torch = needs("torch", "to run or export a checkpoint")
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    """The official B0 as this environment runs it: the checkpoint on torch, else the exported ONNX on ONNX
+    Runtime (the same network: `evit-ros export` checks logit parity)."""
+
+    weights: Path
+    backend: str
+    resolution: str
+
+    def segmenter(self, **kwargs):
+        """A Segmenter of this model, single-threaded as the tests' nodes run it."""
+        from evit_ros.pipeline.segmenter import Segmenter
+
+        kwargs.setdefault("num_threads", 1)
+        return Segmenter("b0-cityscapes", self.weights, self.resolution, backend=self.backend, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def b0_model(request: pytest.FixtureRequest):
+    """``b0_model(resolution)``: the B0 at that resolution (any batch size), for a node or a Segmenter."""
+
+    def model(resolution: str) -> NodeModel:
+        if has_module("torch"):
+            return NodeModel(request.getfixturevalue("b0_checkpoint"), "torch", resolution)
+        require("onnxruntime")
+        return NodeModel(exported_b0(resolution), "onnxruntime", resolution)
+
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -38,14 +38,10 @@ def load_frames(camvid_pairs: list[tuple[Path, Path]], n: int, size: tuple[int, 
     return out
 
 
-def predict(frames: list[dict], weights: Path) -> None:
-    """Adds the real B0 prediction of every frame (what a node on the robot would have published)."""
-    import torch
-
-    torch.set_num_threads(1)
-    from evit_ros.pipeline.segmenter import Segmenter
-
-    seg = Segmenter(model="b0-cityscapes", weights=weights, resolution=RESOLUTION, backend="torch", num_threads=1)
+def predict(frames: list[dict], model) -> None:
+    """Adds the real B0 prediction of every frame (what a node on the robot would have published); ``model`` is
+    conftest's ``b0_model(RESOLUTION)``."""
+    seg = model.segmenter()
     for f in frames:
         f["pred"] = seg.segment(f["rgb"], order="rgb").labels
     seg.close()

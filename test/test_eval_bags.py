@@ -92,20 +92,16 @@ def test_bag_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def recording(camvid_pairs: list[tuple[Path, Path]], b0_checkpoint: Path) -> dict:
+def recording(camvid_pairs: list[tuple[Path, Path]], b0_model) -> dict:
     """Real CamVid frames, their stamps, GT, and the real B0 predictions a node would have published."""
-    import torch
-
-    torch.set_num_threads(1)
-    from evit_ros.pipeline.segmenter import Segmenter
-
+    model = b0_model(RESOLUTION)
     names_t = {}
     seq = camvid_pairs[0][0].parents[1] / "val_sequence.txt"
     for line in seq.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, t_s = line.split()
             names_t[name] = float(t_s)
-    seg = Segmenter(model="b0-cityscapes", weights=b0_checkpoint, resolution=RESOLUTION, backend="torch", num_threads=1)
+    seg = model.segmenter()
     frames = []
     t0 = 1_700_000_000 * 10**9
     for i, (img_path, gt_path) in enumerate(camvid_pairs[:N_FRAMES]):
@@ -176,15 +172,16 @@ def test_eval_recorded_labels(recording: dict, tmp_path: Path, storage: str) -> 
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_eval_bag_with_model(recording: dict, b0_checkpoint: Path, tmp_path: Path, storage: str) -> None:
+def test_eval_bag_with_model(recording: dict, b0_model, tmp_path: Path, storage: str) -> None:
     """Mode (a): image topic + GT topic, run through the model, against the independent computation."""
+    model = b0_model(RESOLUTION)
     frames = recording["frames"]
     bag = tmp_path / f"cam_{storage}"
     _write_bag(bag, storage, frames, with_outputs=False)
     image_topic = "camera/image/compressed" if storage == "mcap" else "camera/image"  # no leading slash: resolved
     report = tmp_path / "report"
     code = _eval([str(bag), "--images-topic", image_topic, "--gt-topic", "/gt/labels", "--class-map", str(CAMVID_MAP),
-                  "--weights", str(b0_checkpoint), "--resolution", RESOLUTION, "--backend", "torch",
+                  "--weights", str(model.weights), "--resolution", RESOLUTION, "--backend", model.backend,
                   "--num-threads", "1", "--report", str(report), "--samples", "1"])  # fmt: skip
     assert code == 0
     data = json.loads((report / "report.json").read_text())

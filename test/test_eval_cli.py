@@ -29,13 +29,11 @@ def _camvid_subset(camvid_pairs: list[tuple[Path, Path]], root: Path, n: int) ->
     return root
 
 
-def test_eval_reproduces_predict_on_camvid(camvid_pairs, b0_checkpoint: Path, tmp_path: Path) -> None:
-    import torch
-
-    torch.set_num_threads(1)
+def test_eval_reproduces_predict_on_camvid(camvid_pairs, b0_model, tmp_path: Path) -> None:
+    b0 = b0_model("384x512")
     root = _camvid_subset(camvid_pairs, tmp_path / "camvid", 8)
-    model = ["--model", "b0-cityscapes", "--weights", str(b0_checkpoint), "--resolution", "384x512",
-             "--backend", "torch", "--num-threads", "1"]  # fmt: skip
+    model = ["--model", "b0-cityscapes", "--weights", str(b0.weights), "--resolution", "384x512",
+             "--backend", b0.backend, "--num-threads", "1"]  # fmt: skip
     pred_dir = tmp_path / "pred"
     assert evit_main(["predict", *model, str(root / "val"), str(pred_dir)]) == 0
 

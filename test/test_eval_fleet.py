@@ -10,7 +10,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fleet_data import CAMVID_MAP, FRAMES_PER_BAG, GT, LABELS, latency_ns, load_frames, predict, write_bag, write_fleet
+from fleet_data import (
+    CAMVID_MAP,
+    FRAMES_PER_BAG,
+    GT,
+    LABELS,
+    RESOLUTION,
+    latency_ns,
+    load_frames,
+    predict,
+    write_bag,
+    write_fleet,
+)
 from reference_metrics import independent_scores
 
 from evit_ros.cli.main import main as evit_main
@@ -25,9 +36,9 @@ RECORDED = ["--mode", "recorded", "--images-topic", "camera/image", "--gt-topic"
 
 
 @pytest.fixture(scope="module")
-def frames(camvid_pairs: list[tuple[Path, Path]], b0_checkpoint: Path) -> list[dict]:
+def frames(camvid_pairs: list[tuple[Path, Path]], b0_model) -> list[dict]:
     out = load_frames(camvid_pairs, 6 * FRAMES_PER_BAG)
-    predict(out, b0_checkpoint)
+    predict(out, b0_model(RESOLUTION))
     return out
 
 

@@ -18,18 +18,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import rclpy
+from conftest import NodeModel, wait_until
 from conftest import stamp as _stamp
 from conftest import stamp_ns as _stamp_ns
-from conftest import wait_until
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import MultiThreadedExecutor
-from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
 
-from evit_ros.ros.conversions import image_to_msg, msg_to_rgb
-from evit_ros.ros.seg_node import ConfigError, SegNode, _parameter_table
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from evit_ros.ros.conversions import image_to_msg, msg_to_rgb  # noqa: E402
+from evit_ros.ros.seg_node import ConfigError, SegNode, _parameter_table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_POSTPROCESS = _parameter_table()["postprocess_mode"].default  # what the node runs unless told
@@ -37,12 +38,12 @@ RESOLUTION = "128x256"  # small: the overload tests need many network runs
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def _params(weights, **extra) -> list[Parameter]:
+def _params(model: NodeModel, **extra) -> list[Parameter]:
     values = {
         "model": "b0-cityscapes",
-        "weights": str(weights),
+        "weights": str(model.weights),
         "resolution": RESOLUTION,
-        "backend": "torch",
+        "backend": model.backend,
         "num_threads": 1,
         "publish_color": False,
         "qos_reliability": "reliable",  # fairness is the node's to show: no frames lost in DDS under load
@@ -78,8 +79,8 @@ class Graph:
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
-    def add_node(self, namespace: str, weights, **params) -> SegNode:
-        node = SegNode(context=self.context, namespace=namespace, parameter_overrides=_params(weights, **params))
+    def add_node(self, namespace: str, model: NodeModel, **params) -> SegNode:
+        node = SegNode(context=self.context, namespace=namespace, parameter_overrides=_params(model, **params))
         self.nodes.append(node)
         self.executor.add_node(node)
         return node
@@ -118,13 +119,14 @@ def graph():
 
 
 @pytest.fixture(scope="module")
-def reference(b0_checkpoint):
-    """The single-camera Segmenter with the node's parameters."""
-    from evit_ros.pipeline.segmenter import Segmenter
+def model(b0_model) -> NodeModel:
+    return b0_model(RESOLUTION)
 
-    seg = Segmenter(
-        "b0-cityscapes", b0_checkpoint, RESOLUTION, backend="torch", num_threads=1, postprocess_mode=NODE_POSTPROCESS
-    )
+
+@pytest.fixture(scope="module")
+def reference(model):
+    """The single-camera Segmenter with the node's parameters."""
+    seg = model.segmenter(postprocess_mode=NODE_POSTPROCESS)
     yield seg
     seg.close()
 
@@ -189,9 +191,9 @@ def _assert_fair(delta: dict[str, int], names, node: SegNode) -> None:
 
 
 @pytest.fixture(scope="module")
-def multi(graph, b0_checkpoint) -> SegNode:
+def multi(graph, model) -> SegNode:
     """Three cameras, batches of up to three (asked for: on the CPU the default runs them one after another)."""
-    return graph.add_node("/multi", b0_checkpoint, cameras=["front", "left", "cam0/color"], batch_size=3)
+    return graph.add_node("/multi", model, cameras=["front", "left", "cam0/color"], batch_size=3)
 
 
 def test_three_cameras_get_their_own_outputs_headers_and_labels(graph, multi, reference, frames_bgr):
@@ -249,9 +251,9 @@ def test_batched_cameras_are_served_fairly_under_overload(graph, multi, frames_b
     assert snap["batches"] > batches0 and snap["frames_per_batch"] > 1.0, snap  # frames did share network runs
 
 
-def test_one_after_another_is_round_robin_fair_under_overload(graph, b0_checkpoint, frames_bgr):
+def test_one_after_another_is_round_robin_fair_under_overload(graph, model, frames_bgr):
     # batch_size left at 0 (auto): a CPU backend runs the cameras one after another
-    node = graph.add_node("/rr", b0_checkpoint, cameras=["front", "left", "cam0/color"])
+    node = graph.add_node("/rr", model, cameras=["front", "left", "cam0/color"])
     assert node.get_parameter("batch_size").value == 0 and node.segmenter.max_batch == 1
     msgs = _camera_messages(frames_bgr)
     pubs = {name: graph.publisher(f"/rr/{name}/image") for name in msgs}
@@ -270,9 +272,9 @@ def _statuses(graph: Graph, since: float) -> dict[str, DiagnosticStatus]:
     return found
 
 
-def test_silent_and_malformed_cameras_do_not_stop_the_others(graph, b0_checkpoint, frames_bgr):
+def test_silent_and_malformed_cameras_do_not_stop_the_others(graph, model, frames_bgr):
     names = ["good", "silent", "broken", "other"]
-    node = graph.add_node("/mixed", b0_checkpoint, cameras=names, batch_size=4, batch_wait_ms=200.0)
+    node = graph.add_node("/mixed", model, cameras=names, batch_size=4, batch_wait_ms=200.0)
     msgs = _camera_messages(frames_bgr)
     good = {"good": msgs["front"], "other": msgs["left"]}
     broken = image_to_msg(cv2.cvtColor(frames_bgr[0], cv2.COLOR_BGR2RGB), "bgr8")
@@ -311,18 +313,18 @@ def test_silent_and_malformed_cameras_do_not_stop_the_others(graph, b0_checkpoin
     for key in ("frames_in", "frames_out", "dropped_frames", "bad_frames", "latency_ms", "inference_ms"):
         assert key in values[f"{prefix}: camera good"], key
     network = values[f"{prefix}: network"]
-    assert network["backend"] == "torch" and network["cameras"] == "4" and network["batch_size"] == "4"
+    assert network["backend"] == model.backend and network["cameras"] == "4" and network["batch_size"] == "4"
     assert int(network["batches"]) > 0 and float(network["frames_per_batch"]) >= 1.0
 
 
-def test_empty_cameras_in_a_params_file_is_the_single_camera_node(graph, b0_checkpoint, frames_bgr, tmp_path):
+def test_empty_cameras_in_a_params_file_is_the_single_camera_node(graph, model, frames_bgr, tmp_path):
     """``cameras: []`` (as a params file or ``-p cameras:=[]`` gives it) keeps today's topics and diagnostics."""
     params = tmp_path / "params.yaml"
     params.write_text("/**:\n  ros__parameters:\n    cameras: []\n")
     cmd = [sys.executable, "-m", "evit_ros.ros.seg_node", "--ros-args", "-r", "__ns:=/single", "--params-file",
            str(params)]  # fmt: skip
-    for name, value in (("model", "b0-cityscapes"), ("weights", b0_checkpoint), ("resolution", RESOLUTION),
-                        ("backend", "torch"), ("num_threads", 1)):  # fmt: skip
+    for name, value in (("model", "b0-cityscapes"), ("weights", model.weights), ("resolution", RESOLUTION),
+                        ("backend", model.backend), ("num_threads", 1)):  # fmt: skip
         cmd += ["-p", f"{name}:={value}"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -359,11 +361,11 @@ def test_empty_cameras_in_a_params_file_is_the_single_camera_node(graph, b0_chec
     "cameras, fragment",
     [(["/front"], "relative topic namespace"), (["front", "front"], "listed twice"), (["9cam"], "relative")],
 )
-def test_invalid_camera_names_are_refused(b0_checkpoint, cameras, fragment):
+def test_invalid_camera_names_are_refused(model, cameras, fragment):
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
         with pytest.raises(ConfigError, match=fragment):
-            SegNode(context=context, namespace="/bad", parameter_overrides=_params(b0_checkpoint, cameras=cameras))
+            SegNode(context=context, namespace="/bad", parameter_overrides=_params(model, cameras=cameras))
     finally:
         rclpy.try_shutdown(context=context)

@@ -20,21 +20,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import rclpy
+from conftest import NodeModel, wait_until
 from conftest import stamp as _stamped
 from conftest import stamp_ns as _stamp_ns
-from conftest import wait_until
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
-from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import String
 
-from evit_ros.pipeline import processing
-from evit_ros.ros.conversions import image_to_msg
-from evit_ros.ros.rcl_serialized import SerializedSubscription
-from evit_ros.ros.seg_node import DIAGNOSTICS_WINDOW, SegNode, _parameter_table
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from evit_ros.pipeline import processing  # noqa: E402
+from evit_ros.ros.conversions import image_to_msg  # noqa: E402
+from evit_ros.ros.rcl_serialized import SerializedSubscription  # noqa: E402
+from evit_ros.ros.seg_node import DIAGNOSTICS_WINDOW, SegNode, _parameter_table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_POSTPROCESS = _parameter_table()["postprocess_mode"].default  # what the node runs unless told
@@ -44,12 +45,12 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 OUTPUTS = ("labels", "color", "overlay", "confidence", "camera_info")
 
 
-def _params(weights: Path, **extra) -> list[Parameter]:
+def _params(model: NodeModel, **extra) -> list[Parameter]:
     values = {
         "model": "b0-cityscapes",
-        "weights": str(weights),
+        "weights": str(model.weights),
         "resolution": RESOLUTION,
-        "backend": "torch",
+        "backend": model.backend,
         "num_threads": 1,
         **extra,
     }
@@ -63,14 +64,14 @@ def _wait(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
 class Harness:
     """A context with a seg node, a compressed-input seg node, and a tester node that records outputs."""
 
-    def __init__(self, weights: Path) -> None:
+    def __init__(self, model: NodeModel) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.node = SegNode(context=self.context, namespace="/raw", parameter_overrides=_params(weights))
+        self.node = SegNode(context=self.context, namespace="/raw", parameter_overrides=_params(model))
         self.cnode = SegNode(
             context=self.context,
             namespace="/cmp",
-            parameter_overrides=_params(weights, input_transport="compressed", publish_overlay=False),
+            parameter_overrides=_params(model, input_transport="compressed", publish_overlay=False),
         )
         # The raw node hands its serialized outputs to rcl (this middleware reads them back); the compressed one takes
         # the message path a middleware with another layout would use, so both reach a subscriber here.
@@ -150,20 +151,21 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness(b0_checkpoint):
-    h = Harness(b0_checkpoint)
+def model(b0_model) -> NodeModel:
+    return b0_model(RESOLUTION)
+
+
+@pytest.fixture(scope="module")
+def harness(model):
+    h = Harness(model)
     yield h
     h.close()
 
 
 @pytest.fixture(scope="module")
-def reference(b0_checkpoint):
+def reference(model):
     """An independent Segmenter with the node's parameters."""
-    from evit_ros.pipeline.segmenter import Segmenter
-
-    seg = Segmenter(
-        "b0-cityscapes", b0_checkpoint, RESOLUTION, backend="torch", num_threads=1, postprocess_mode=NODE_POSTPROCESS
-    )
+    seg = model.segmenter(postprocess_mode=NODE_POSTPROCESS)
     yield seg
     seg.close()
 
@@ -430,7 +432,7 @@ def test_fast_camera_drops_stale_frames_and_processes_the_newest(harness, frames
     assert int(_diag_value(h, node, "dropped_frames", since)) >= dropped
 
 
-def test_diagnostics_fields(harness, frames_bgr):
+def test_diagnostics_fields(harness, model, frames_bgr):
     h, node = harness, harness.node
     msg = image_to_msg(frames_bgr[0], "bgr8")  # timings need a frame, whichever tests ran before
     stamp = _stamped(msg)
@@ -444,10 +446,11 @@ def test_diagnostics_fields(harness, frames_bgr):
     # /diagnostics also carries the compressed-input node's arrays: take this node's latest status.
     status = next(s for arr in reversed(arrays) for s in arr.status if s.name == name)
     values = {kv.key: kv.value for kv in status.values}
+    backend_key = {"torch": "engine", "onnxruntime": "onnx"}[model.backend]  # what the backend runs
     for key in ("input_rate_hz", "output_rate_hz", "inference_ms", "latency_ms", "dropped_frames", "bad_frames",
-                "nan_frames", "backend", "precision", "engine", "frames_in", "frames_out"):  # fmt: skip
+                "nan_frames", "backend", "precision", backend_key, "frames_in", "frames_out"):  # fmt: skip
         assert key in values, key
-    assert values["backend"] == "torch" and values["precision"] == "fp32"
+    assert values["backend"] == model.backend and values["precision"] == "fp32"
     assert int(values["nan_frames"]) == 0
     assert float(values["inference_ms"]) > 0
     assert float(values["postprocess_ms"]) > 0 and float(values["segment_ms_p50"]) > 0
@@ -468,10 +471,10 @@ def test_diagnostics_fields(harness, frames_bgr):
 # ---------------------------------------------------------------------------------------------- subprocess
 
 
-def _node_cmd(weights: Path, *params: str, ns: str = "/proc_test") -> list[str]:
+def _node_cmd(model: NodeModel, *params: str, ns: str = "/proc_test") -> list[str]:
     args = [sys.executable, "-m", "evit_ros.ros.seg_node", "--ros-args", "-r", f"__ns:={ns}"]
-    for p in ("model:=b0-cityscapes", f"weights:={weights}", f"resolution:={RESOLUTION}", "backend:=torch",
-              "num_threads:=1", *params):  # fmt: skip
+    for p in ("model:=b0-cityscapes", f"weights:={model.weights}", f"resolution:={RESOLUTION}",
+              f"backend:={model.backend}", "num_threads:=1", *params):  # fmt: skip
         args += ["-p", p]
     return args
 
@@ -482,11 +485,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_sigint_stops_a_busy_node_cleanly(harness, b0_checkpoint, frames_bgr):
+def test_sigint_stops_a_busy_node_cleanly(harness, model, frames_bgr):
     h = harness
-    proc = subprocess.Popen(
-        _node_cmd(b0_checkpoint), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = subprocess.Popen(_node_cmd(model), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Both stay until the harness closes (see test_class_table_is_latched_json).
     pub = h.tester.create_publisher(Image, "/proc_test/image", RELIABLE)
     got = []
@@ -522,19 +523,17 @@ def test_sigint_stops_a_busy_node_cleanly(harness, b0_checkpoint, frames_bgr):
         ("mask_resolution:=huge", "mask_resolution"),
     ],
 )
-def test_invalid_startup_parameter_exits_cleanly(b0_checkpoint, param, fragment):
-    proc = subprocess.run(
-        _node_cmd(b0_checkpoint, param), check=False, env=_env(), capture_output=True, text=True, timeout=60
-    )
+def test_invalid_startup_parameter_exits_cleanly(model, param, fragment):
+    proc = subprocess.run(_node_cmd(model, param), check=False, env=_env(), capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "invalid parameter" in out and fragment in out, out
     assert "Traceback" not in out, out
 
 
-def test_build_only_exits_zero(b0_checkpoint):
+def test_build_only_exits_zero(model):
     proc = subprocess.run(
-        _node_cmd(b0_checkpoint, "build_only:=true"),
+        _node_cmd(model, "build_only:=true"),
         check=False,
         env=_env(),
         capture_output=True,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import needs_torch, optional, require
 
 ov = require("openvino")
 require("onnx")
-torch = require("torch")
+torch = optional("torch")  # without it the tests of the exported ONNX still run
 cv2 = require("cv2")
 
 from evit_ros.network.variants import get_variant  # noqa: E402
@@ -22,6 +22,7 @@ from evit_ros.runtime import BackendConfig, create_backend  # noqa: E402
 RES = (512, 1024)
 
 
+@needs_torch
 def test_openvino_matches_pytorch_on_real_frames(b0_onnx: Path, b0_checkpoint: Path, real_frames: list[Path]) -> None:
     torch.set_num_threads(2)
     model, sha = load_model(get_variant("b0-cityscapes"), b0_checkpoint)
@@ -43,6 +44,7 @@ def test_openvino_matches_pytorch_on_real_frames(b0_onnx: Path, b0_checkpoint: P
     np.testing.assert_array_equal(again, got)  # the result is not the request's reused buffer
 
 
+@needs_torch
 def test_openvino_cache_follows_the_onnx(b0_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     import evit_ros.deploy.onnx_export as export
 
@@ -139,6 +141,7 @@ def test_openvino_rejects_what_it_cannot_run(b0_onnx: Path) -> None:
         create_backend("openvino", BackendConfig(weights=str(b0_onnx.parent / "missing.onnx"), resolution=RES))
 
 
+@needs_torch
 def test_openvino_rejects_a_labels_head_onnx(tmp_path: Path) -> None:
     from evit_ros.cli.main import main
 
@@ -153,11 +156,12 @@ def test_openvino_rejects_a_labels_head_onnx(tmp_path: Path) -> None:
 def test_auto_backend_on_cpu_prefers_openvino() -> None:
     from evit_ros.runtime import resolve_backend_name
 
-    if torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert resolve_backend_name("auto") == "openvino"
 
 
+@needs_torch
 def test_bench_compare_openvino_onnxruntime_torch(capsys) -> None:
     from evit_ros.cli.main import main
 

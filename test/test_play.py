@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import needs
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -316,6 +317,7 @@ def test_play_truncated_bag_plays_to_the_cut(ros, tmp_path: Path, frames_rgb: li
         np.testing.assert_array_equal(msg_to_rgb(msg), frames_rgb[i])
 
 
+@needs("rosbags", "to read bags; without it play says so in one line")
 def test_play_unreadable_bag_fails_in_one_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken.mcap"
     broken.write_bytes(b"\x89MCAP0\r\n" + b"\x01" * 20)

@@ -125,6 +125,7 @@ def test_modes_are_one_tuple_and_bad_ones_are_refused() -> None:
 
 def test_cli_postprocess_flag_reaches_the_segmenter(tmp_path: Path) -> None:
     require("onnxruntime")
+    require("torch")  # to export the random weights
     from evit_ros.cli.common import segmenter_from_args
     from evit_ros.cli.main import build_parser
 
@@ -143,6 +144,7 @@ def test_cli_postprocess_flag_reaches_the_segmenter(tmp_path: Path) -> None:
 
 def test_bench_frames_splits_time_and_compares_modes(real_frames: list[Path], tmp_path: Path, capsys) -> None:
     require("onnxruntime")
+    require("torch")  # to export the random weights
     from evit_ros.cli.main import main
 
     args = ["bench", "--weights", "random", "--resolution", "64x128", "--backend", "onnxruntime", "--num-threads", "1"]

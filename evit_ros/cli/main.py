@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from evit_ros import __version__
 from evit_ros.pipeline.allocation import retain_freed_memory
 
 # subcommand -> (module, add-arguments function, run function, help)
@@ -37,6 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evit-ros", description="EfficientViT semantic segmentation for ROS 2")
+    parser.add_argument("--version", action="version", version=f"evit-ros {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, add_fn, _, help_text) in SUBCOMMANDS.items():

@@ -34,8 +34,9 @@ every camera gets its turn. Raw frames are taken serialized through rcl into a b
 pre-processing and the overlay; output images are written once into their publisher's serialized buffer and
 handed to rcl (:mod:`evit_ros.ros.image_publisher`).
 
-Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
-the model cannot be loaded (missing checkpoint, unavailable backend, ...).
+Exit status: 0 after SIGINT/SIGTERM, a finished ``build_only`` run or ``seg_node --help`` (the parameters); 2 for
+an invalid parameter value or an unknown ROS argument; 1 when the model cannot be loaded (missing checkpoint,
+unavailable backend, ...).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
@@ -848,10 +850,32 @@ class SegNode(Node):
             self.segmenter.close()
 
 
+def usage() -> str:
+    """``seg_node --help``: how to start it and every parameter with its default."""
+    rows = [f"  {name} ({p.default!r}{', read-only' if p.read_only else ''}): {p.description}"
+            for name, p in _parameter_table().items()]  # fmt: skip
+    rows += [
+        f"  {o.name} ({o.default!r}, read-only): {o.description} [{'/'.join(o.backends)}]" for o in BACKEND_OPTIONS
+    ]
+    head = __doc__.split("\n\nTopics")[0].replace("``", "")
+    return "\n".join([head, "", "Parameters (after --ros-args: -p NAME:=VALUE, or --params-file FILE):", *rows])
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Run the node until SIGINT/SIGTERM; returns the process exit status (see the module docstring)."""
+    argv = list(sys.argv if args is None else args)
+    try:
+        node_args = remove_ros_args(argv)
+    except Exception as exc:  # rcl's UnknownROSArgsError: a pybind11 class, not importable under one name everywhere
+        if type(exc).__name__ != "UnknownROSArgsError":
+            raise
+        print(f"seg_node: unknown ROS arguments {exc}; 'seg_node --help' lists the node's parameters", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in node_args[1:]):
+        print(usage())
+        return 0
     retain_freed_memory()  # before rclpy: DDS's frame-sized buffers are reused too
-    rclpy.init(args=args)
+    rclpy.init(args=argv)
     logger = rclpy.logging.get_logger("seg_node")
     node = None
     code = 0
