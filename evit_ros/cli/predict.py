@@ -10,12 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from evit_ros.cli.common import add_model_arguments, segmenter_from_args
+from evit_ros.cli.common import add_frame_path_argument, add_model_arguments, segmenter_from_args
 from evit_ros.pipeline.processing import list_images, overlay
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_frame_path_argument(parser)
     parser.add_argument(
         "--save-logits", action="store_true", help="also write <stem>.npy: float32 C x H/8 x W/8 logits"
     )

@@ -254,4 +254,3 @@ class DevicePipeline:
             return array.astype(self.label_dtype) if tensor.dtype == torch.int32 else array
         torch.from_numpy(out).copy_(tensor)
         return out
-

@@ -75,7 +75,7 @@ from evit_ros.ros.conversions import compressed_to_image, image_from_cdr, msg_to
 from evit_ros.ros.image_publisher import ImagePublisher, publish_path
 from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
-from evit_ros.runtime import batching_pays
+from evit_ros.runtime import FRAME_PATHS, batching_pays, check_frame_path, resolve_backend_name
 from evit_ros.runtime.base import BACKENDS, PRECISIONS
 from evit_ros.runtime.options import BACKEND_OPTIONS, normalise_options
 
@@ -103,6 +103,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "input_transport": ("raw", "compressed"),
     "precision": PRECISIONS,
     "backend": BACKENDS,
+    "frame_path": FRAME_PATHS,
 }
 
 RUNTIME_PARAMETERS = frozenset(
@@ -141,7 +142,18 @@ def _parameter_table() -> dict[str, _Param]:
         ),
         "resolution": _Param("", "network input HxW, multiples of 32 ('' = the variant's evaluation size)", True),
         "backend": _Param("auto", " | ".join(BACKENDS), True),
-        "precision": _Param("fp32", f"{' | '.join(PRECISIONS)} (what the backend supports)", True),
+        "precision": _Param(
+            "auto",
+            f"{' | '.join(PRECISIONS)} (what the backend supports; auto: fp16 on TensorRT and torch on CUDA, "
+            "fp32 on the CPU backends)",
+            True,
+        ),
+        "frame_path": _Param(
+            "auto",
+            "where pre- and post-processing run: device (torch on the network's device: torch or tensorrt "
+            "backend), host (numpy/OpenCV) or auto (device on CUDA backends, else host)",
+            True,
+        ),
         "engine_cache_dir": _Param(
             "", "where ONNX files, TensorRT engines and OpenVINO models are cached ('' = default cache)", True
         ),
@@ -377,6 +389,7 @@ class _Job:
     image: np.ndarray
     order: str
     want: dict[str, bool]
+    frame: object = None  # the frame as uploaded (a torch tensor) on the device frame path
 
 
 class SegNode(Node):
@@ -419,7 +432,9 @@ class SegNode(Node):
             allow_random_weights=weights == "random",
             backend_options=backend_options,
             batch_size=batch_size,
+            frame_path=p["frame_path"],
         )
+        self.device_pipeline = self.segmenter.device_pipeline  # None on the host frame path
         self.info = self.segmenter.describe()
         if self.multi_camera:
             self.info["batch_size"] = str(self.segmenter.max_batch)
@@ -525,6 +540,13 @@ class SegNode(Node):
         reason = check_cameras(p["cameras"])
         if reason:
             raise ConfigError(reason)
+        if p["frame_path"] == "device":  # refused before any model is loaded
+            try:
+                reason = check_frame_path(p["frame_path"], resolve_backend_name(p["backend"]))
+            except ValueError as exc:
+                reason = str(exc)
+            if reason:
+                raise ConfigError(reason)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         updates = {}
@@ -613,7 +635,15 @@ class SegNode(Node):
         if not jobs:
             return
         t0 = time.perf_counter()
-        logits = self.segmenter.logits_batch([job.image for job in jobs], [job.order for job in jobs])
+        images, orders = [job.image for job in jobs], [job.order for job in jobs]
+        if self.device_pipeline is None:
+            logits = self.segmenter.logits_batch(images, orders)
+        else:
+            # On the device: a CUDA out-of-memory error raised here counts every frame of the batch as bad (_work)
+            batch = self.segmenter.device_logits_batch(images, orders)
+            logits = batch.logits
+            for job, frame in zip(jobs, batch.frames, strict=True):
+                job.frame = frame
         infer_ms = (time.perf_counter() - t0) * 1e3
         self.network.add(len(jobs), infer_ms)
         for job, one in zip(jobs, logits, strict=True):
@@ -636,14 +666,22 @@ class SegNode(Node):
             if want["labels"]
             else contextlib.nullcontext()
         )
+        pipe = self.device_pipeline
         with labels_loan as into:
             t0 = time.perf_counter()
-            labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
+            if pipe is None:
+                labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
+            else:  # labels stay on the device for the colours and the overlay; only uint8 comes back
+                device_labels, conf = pipe.postprocess(logits, out_size, mode, want["confidence"])
+                labels = pipe.download(device_labels, into)
+                conf = None if conf is None else pipe.download(conf)
             post_ms = (time.perf_counter() - t0) * 1e3
-        if want["color"]:
+        if pipe is not None:
+            self._publish_device_images(job, device_labels, rt)
+        elif want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
             cam.images["color"].publish(colours, "rgb8", header)
-        if want["overlay"]:
+        if want["overlay"] and pipe is None:
             # Blended in the camera's own channel order: bgr8 input needs no swap on the way in, nor on the way out,
             # where the blend is written straight into the message.
             base = image if out_size == in_size else cv2.resize(image, out_size[::-1], interpolation=cv2.INTER_AREA)
@@ -665,7 +703,8 @@ class SegNode(Node):
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        finite = processing.all_finite(logits)  # checked once the outputs are out: it only counts and warns
+        # checked once the outputs are out: it only counts and warns
+        finite = processing.all_finite(logits) if pipe is None else pipe.all_finite(logits)
         with cam.stats.lock:
             cam.stats.frames_out += 1
             cam.stats.infer_ms.append(infer_ms)
@@ -677,6 +716,17 @@ class SegNode(Node):
                 cam.stats.latency_ms.append((now_ns - stamp_ns) / 1e6)
         if not finite:
             self.get_logger().warn("network output has NaN/Inf values", throttle_duration_sec=ERROR_THROTTLE_S)
+
+    def _publish_device_images(self, job: _Job, labels, rt: dict) -> None:
+        """Colours and overlay of the device frame path: computed on the device, only their uint8 pixels come
+        back, the overlay's straight into its message."""
+        pipe, cam, header = self.device_pipeline, job.camera, job.msg.header
+        if job.want["color"]:
+            cam.images["color"].publish(pipe.download(pipe.colorize(labels, "rgb")), "rgb8", header)
+        if job.want["overlay"]:
+            blend = pipe.overlay(job.frame, labels, job.order, float(rt["overlay_alpha"]), out_order="bgr")
+            with cam.images["overlay"].loan(tuple(blend.shape), np.uint8, "bgr8", header) as into:
+                pipe.download(blend, into)
 
     # ---------------------------------------------------------------- diagnostics
     def diagnostics_status(self, cam: _Camera | None = None) -> DiagnosticStatus:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BACKENDS = ("auto", "tensorrt", "torch", "openvino", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: openvino only
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # auto: by placement (resolve_precision); bf16: openvino only
 
 
 @dataclass
@@ -18,7 +18,7 @@ class BackendConfig:
     model: str = "b0-cityscapes"
     weights: str | None = None  # checkpoint path, "random", an .onnx file (not torch) or None (cache/Hub)
     resolution: tuple[int, int] = (512, 1024)
-    precision: str = "fp32"
+    precision: str = "auto"  # create_backend resolves auto (fp16 on CUDA backends, else fp32)
     device: str | None = None  # "cpu", "cuda", "cuda:1"; openvino: CPU, GPU, NPU, AUTO; None picks
     num_threads: int | None = None
     engine_cache_dir: str | None = None
@@ -34,6 +34,9 @@ class Backend(ABC):
     """
 
     name: str = "base"
+    # Whether the network runs on a torch device (``self.device``) and takes a device batch (infer_device): the
+    # device frame path of evit_ros.pipeline.device serves such a backend.
+    device_frames: bool = False
 
     def __init__(self, config: BackendConfig) -> None:
         if config.batch_size < 1:
@@ -49,6 +52,11 @@ class Backend(ABC):
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def infer_device(self, batch):
+        """N x 3 x H x W float32 torch tensor on ``self.device`` -> N x C x H/8 x W/8 logits tensor on it (valid
+        until the next call); only where ``device_frames``."""
+        raise NotImplementedError(f"the {self.name} backend has no device frame path")
 
     def describe(self) -> dict[str, str]:
         """Human-readable facts for logs and /diagnostics."""
