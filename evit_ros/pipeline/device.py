@@ -174,27 +174,39 @@ class DevicePipeline:
         if mode == "fast" and (out_h, out_w) != tuple(logits.shape[1:]):
             return self._fast(logits, (out_h, out_w), return_confidence)
         same = (out_h, out_w) == tuple(logits.shape[1:])
+        # Live at once: a chunk, its max (1 channel) and argmax (int64: 2), the running max (1), the labels and
+        # the chunk's labels (label dtype) and the comparison mask; the confidence adds its denominator and two
+        # channels of rescaling. The chunk's exponentials are taken in place.
         best = labels = denom = None
         for start in range(0, logits.shape[0], CLASS_CHUNK):
             part = logits[start : start + CLASS_CHUNK]
             if not same:
                 part = F.interpolate(part[None], size=(out_h, out_w), mode="bicubic", align_corners=False)[0]
-            top, arg = part.max(dim=0)
-            if best is None:
-                best, labels = top, arg
+            if best is None:  # the running max starts from the first chunk's values, never from 0
+                best, arg = part.max(dim=0)
+                labels = arg.to(self._label_torch)
+                del arg
                 if return_confidence:
-                    denom = torch.exp(part - best).sum(dim=0)
+                    denom = (part - best).exp_().sum(dim=0)
                 continue
-            if return_confidence:
-                # Online softmax: rescale the denominator to the new maximum before adding this chunk's terms.
-                new_best = torch.maximum(best, top)
-                denom.mul_(torch.exp(best - new_best)).add_(torch.exp(part - new_best).sum(dim=0))
+            top, arg = part.max(dim=0)
             better = top > best  # strict: the lower class index keeps a tie, as argmax does
-            labels = torch.where(better, arg + start, labels)
-            best = torch.maximum(best, top, out=best)
-            del part, top, arg, better
+            chunk_labels = arg.to(self._label_torch)
+            del arg
+            chunk_labels += start
+            torch.where(better, chunk_labels, labels, out=labels)
+            del chunk_labels, better
+            if return_confidence:  # online softmax: the denominator rescaled to the new maximum
+                new_best = torch.maximum(best, top)
+                denom.mul_(best.sub_(new_best).exp_())
+                part = part - new_best if same else part.sub_(new_best)  # a view of the logits stays untouched
+                denom.add_(part.exp_().sum(dim=0))
+                best = new_best
+            else:
+                torch.maximum(best, top, out=best)
+            del part, top
         conf = denom.reciprocal_() if return_confidence else None
-        return labels.to(self._label_torch), conf
+        return labels, conf
 
     def _fast(
         self, logits: torch.Tensor, size: tuple[int, int], return_confidence: bool
