@@ -106,7 +106,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "precision",
             default_value="",
-            description="auto|fp32|fp16|bf16|int8; auto = fp16 on TensorRT and torch on CUDA, else fp32 ('' = params_file)",
+            description="auto|fp32|fp16|bf16|int8; auto: fp16 on TensorRT and torch on CUDA, else fp32 "
+            "('' = params_file)",
         ),
         DeclareLaunchArgument(
             "frame_path",

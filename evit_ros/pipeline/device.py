@@ -22,6 +22,7 @@ which is how the tests hold this path equal to the host path of :mod:`evit_ros.p
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,7 +131,9 @@ class DevicePipeline:
         """An H x W x 3 uint8 image as a tensor on the device: through a pinned staging buffer (one per batch
         slot and size, reused) and an asynchronous copy on CUDA; the array itself (no copy) on the CPU."""
         if not self._pin:
-            return torch.from_numpy(np.ascontiguousarray(image))
+            with warnings.catch_warnings():  # a message's read-only pixels: only ever read
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(np.ascontiguousarray(image))
         key = (slot, image.shape)
         staging = self._staging.get(key)
         if staging is None:

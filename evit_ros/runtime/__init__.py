@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig
+from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig, resolve_precision
 from evit_ros.runtime.options import normalise_options
 
 __all__ = [
@@ -69,42 +69,14 @@ def resolve_backend_name(name: str) -> str:
     return "onnxruntime"
 
 
-def _on_cuda(backend: str, device: str | None, cuda_available: bool | None) -> bool:
-    """Whether ``backend`` (resolved) on ``device`` runs on CUDA: TensorRT always; torch unless told cpu, when
-    CUDA is there (``cuda_available`` None: asks torch)."""
-    if backend == "tensorrt":
-        return True
-    if backend != "torch":
-        return False
-    from evit_ros.runtime.devices import parse_device
-
-    kind, _ = parse_device(device)
-    if kind:
-        return kind == "cuda"
-    return _cuda_usable() if cuda_available is None else cuda_available
-
-
-def resolve_precision(
-    precision: str, backend: str, device: str | None = None, cuda_available: bool | None = None
-) -> str:
-    """``auto`` by placement: fp16 (attention kept in fp32) on TensorRT and torch on CUDA, fp32 on the CPU
-    backends (torch on the CPU, OpenVINO, ONNX Runtime); any other value as given. ``backend`` is resolved here."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    resolved = backend if backend != "auto" else resolve_backend_name(backend)
-    return "fp16" if _on_cuda(resolved, device, cuda_available) else "fp32"
-
-
 def check_frame_path(frame_path: str, backend: str) -> str | None:
     """The reason ``frame_path`` cannot serve ``backend`` (resolved name), or None."""
     if frame_path not in FRAME_PATHS:
         return f"frame_path must be one of {', '.join(FRAME_PATHS)}, got {frame_path!r}"
     if frame_path == "device" and backend not in DEVICE_FRAME_BACKENDS:
         return (
-            f"frame_path device needs a backend whose network runs on a torch device ({', '.join(DEVICE_FRAME_BACKENDS)}); "
-            f"{backend} takes host arrays, so use frame_path host or auto"
+            "frame_path device needs a backend whose network runs on a torch device "
+            f"({', '.join(DEVICE_FRAME_BACKENDS)}); {backend} takes host arrays, so use frame_path host or auto"
         )
     return None
 
@@ -124,7 +96,7 @@ def resolve_frame_path(frame_path: str, backend: Backend) -> str:
 def create_backend(name: str, config: BackendConfig) -> Backend:
     """Instantiate a backend; heavy imports (torch, onnxruntime, openvino, tensorrt) happen only here."""
     resolved = resolve_backend_name(name)
-    config.precision = resolve_precision(config.precision, resolved, config.device)
+    config.precision = resolve_precision(config.precision, resolved, config.device)  # fails before any import
     config.options = normalise_options(config.options)
     if resolved == "torch":
         from evit_ros.runtime.torch_backend import TorchBackend

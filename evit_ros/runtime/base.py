@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -9,6 +10,39 @@ import numpy as np
 
 BACKENDS = ("auto", "tensorrt", "torch", "openvino", "onnxruntime")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # auto: by placement (resolve_precision); bf16: openvino only
+
+
+def _on_cuda(backend: str, device: str | None, cuda_available: bool | None) -> bool:
+    """Whether ``backend`` (a resolved name) on ``device`` runs on CUDA: TensorRT always; torch unless told cpu,
+    where CUDA is there (``cuda_available`` None: asks torch, if installed)."""
+    if backend == "tensorrt":
+        return True
+    if backend != "torch":
+        return False
+    from evit_ros.runtime.devices import parse_device
+
+    kind, _ = parse_device(device)
+    if kind:
+        return kind == "cuda"
+    if cuda_available is None:
+        if importlib.util.find_spec("torch") is None:
+            return False
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return cuda_available
+
+
+def resolve_precision(
+    precision: str, backend: str, device: str | None = None, cuda_available: bool | None = None
+) -> str:
+    """``auto`` by placement: fp16 (attention kept in fp32) on TensorRT and torch on CUDA, fp32 on the CPU
+    backends (torch on the CPU, OpenVINO, ONNX Runtime); any other value as given. ``backend``: a resolved name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "fp16" if _on_cuda(backend, device, cuda_available) else "fp32"
 
 
 @dataclass
@@ -41,6 +75,7 @@ class Backend(ABC):
     def __init__(self, config: BackendConfig) -> None:
         if config.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
+        config.precision = resolve_precision(config.precision, self.name, config.device)
         self.config = config
         self.checkpoint_sha256: str = ""
         self.dynamic_batch = False
