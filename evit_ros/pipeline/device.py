@@ -123,7 +123,7 @@ class DevicePipeline:
         self._bgr_to_rgb = torch.tensor([2, 1, 0], device=self.device)
         self._taps: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
         self._nearest: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._staging: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self._staging: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.cuda.Event]] = {}
         self._pin = self.device.type == "cuda"
 
     # ------------------------------------------------------------------ up
@@ -135,12 +135,17 @@ class DevicePipeline:
                 warnings.simplefilter("ignore", UserWarning)
                 return torch.from_numpy(np.ascontiguousarray(image))
         key = (slot, image.shape)
-        staging = self._staging.get(key)
+        staging, copied = self._staging.get(key, (None, None))
         if staging is None:
-            staging = self._staging[key] = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-        # The previous frame's copy out of this buffer was ordered before its outputs came back: the buffer is free.
+            staging = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+        else:
+            copied.synchronize()  # the previous frame's copy out of this buffer is done (it normally is long since)
         np.copyto(staging.numpy(), image)
-        return staging.to(self.device, non_blocking=True)
+        frame = staging.to(self.device, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(self.device))
+        self._staging[key] = (staging, copied)
+        return frame
 
     def preprocess(self, frame: torch.Tensor, order: str, out: torch.Tensor) -> torch.Tensor:
         """H x W x 3 uint8 frame -> ``out`` (3 x H x W float32 at the network resolution), normalised in RGB."""
@@ -235,7 +240,8 @@ class DevicePipeline:
     def colorize(self, labels: torch.Tensor, order: str = "rgb") -> torch.Tensor:
         """H x W labels -> H x W x 3 uint8 colours in ``order``; ids outside the palette are black."""
         lut = self._lut[order]
-        if labels.numel() and int(labels.max()) >= lut.shape[0]:
+        # uint8 ids always fall in the 256-entry table; wider ones are checked (a GPU gather out of range aborts)
+        if labels.dtype != torch.uint8 and labels.numel() and int(labels.max()) >= lut.shape[0]:
             raise ValueError(f"label {int(labels.max())} outside the {lut.shape[0]}-entry colour table")
         return lut[labels.long()]
 

@@ -30,6 +30,12 @@ every camera gets its turn. Raw frames are taken serialized through rcl into a b
 pre-processing and the overlay; output images are written once into their publisher's serialized buffer and
 handed to rcl (:mod:`evit_ros.ros.image_publisher`).
 
+Frame path (``frame_path``, read-only): ``device`` resizes, normalises, upsamples the logits, takes the argmax and
+draws the colours and the overlay in torch on the network's device (TensorRT, torch), so the frame goes up once as
+uint8 and only the uint8 outputs come back; ``host`` does it with numpy/OpenCV; ``auto`` (default) is device on
+CUDA backends, host otherwise. ``precision`` ``auto`` (default) is fp16 on TensorRT and torch on CUDA, fp32 on the
+CPU backends.
+
 Exit status: 0 after SIGINT/SIGTERM or a finished ``build_only`` run; 2 for an invalid parameter value; 1 when
 the model cannot be loaded (missing checkpoint, unavailable backend, ...).
 """
