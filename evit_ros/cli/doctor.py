@@ -147,11 +147,12 @@ class GpuRow:
     note: str = ""
 
 
-def _frames(data: Path | None, count: int, resolution: tuple[int, int]) -> tuple[list[np.ndarray], str]:
-    """Preprocessed frames: real ones from `data` (or $EVIT_ROS_TEST_DATA), else seeded smooth synthetic images."""
+def _frame_images(data: Path | None, count: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+    """BGR frames at ``size`` (H, W): real ones from `data` (or $EVIT_ROS_TEST_DATA), else seeded smooth synthetic
+    images; and where they came from."""
     import cv2
 
-    from evit_ros.pipeline.processing import list_images, preprocess
+    from evit_ros.pipeline.processing import list_images
 
     root = data or (Path(os.environ["EVIT_ROS_TEST_DATA"]) if os.environ.get("EVIT_ROS_TEST_DATA") else None)
     files: list[Path] = []
@@ -162,16 +163,20 @@ def _frames(data: Path | None, count: int, resolution: tuple[int, int]) -> tuple
                 if files:
                     break
     images = [img for img in (cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files[:count]) if img is not None]
-    if images:
-        return [preprocess(img, resolution, order="bgr") for img in images], f"{len(images)} real frames from {root}"
-    rng = np.random.default_rng(0)
-    synth = [
-        cv2.resize(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8), resolution[::-1], interpolation=cv2.INTER_CUBIC)
-        for _ in range(count)
-    ]
-    return [preprocess(img, resolution, order="bgr") for img in synth], (
-        f"{count} synthetic frames (no real frames: pass --data or set EVIT_ROS_TEST_DATA)"
-    )
+    source = f"{len(images)} real frames from {root}"
+    if not images:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (16, 32, 3), dtype=np.uint8) for _ in range(count)]
+        source = f"{count} synthetic frames (no real frames: pass --data or set EVIT_ROS_TEST_DATA)"
+    return [cv2.resize(img, size[::-1], interpolation=cv2.INTER_CUBIC) for img in images], source
+
+
+def _frames(data: Path | None, count: int, resolution: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+    """Preprocessed frames at the network resolution (see _frame_images)."""
+    from evit_ros.pipeline.processing import preprocess
+
+    images, source = _frame_images(data, count, resolution)
+    return [preprocess(img, resolution, order="bgr") for img in images], source
 
 
 def _measure(backend, inputs: list[np.ndarray], ref_labels: list[np.ndarray], iterations: int, row: GpuRow) -> None:
@@ -300,25 +305,14 @@ def run_frame_path_checks(
     """Host vs device frame path at ``frame_size`` (1080p) on torch on ``device`` (precision auto), the paths
     taking turns in one run (evit-ros bench --frame-path host,device), with each path's label agreement against
     the CPU fp32 host ``exact`` path of the same random weights."""
-    import cv2
-
     from evit_ros.cli.bench import _Clock, _frame_paths, bench_frames, format_frames
     from evit_ros.network.variants import get_variant
     from evit_ros.network.weights import load_model
-    from evit_ros.pipeline.processing import list_images, postprocess, preprocess
+    from evit_ros.pipeline.processing import postprocess, preprocess
     from evit_ros.runtime import BackendConfig
     from evit_ros.runtime.torch_backend import TorchBackend
 
-    root = data or (Path(os.environ["EVIT_ROS_TEST_DATA"]) if os.environ.get("EVIT_ROS_TEST_DATA") else None)
-    folder = root / "cityscapes" / "fullres_unlabeled" if root is not None else None
-    files = list_images(folder) if folder is not None and folder.is_dir() else []
-    images = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files[:frames]]
-    images = [img for img in images if img is not None]
-    source = f"{len(images)} real frames" if images else f"{frames} synthetic frames"
-    if not images:
-        rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (16, 32, 3), dtype=np.uint8) for _ in range(frames)]
-    images = [cv2.resize(img, frame_size[::-1], interpolation=cv2.INTER_CUBIC) for img in images]
+    images, source = _frame_images(data, frames, frame_size)
     lines = [f"frame path: host vs device, {source} at {frame_size[0]}x{frame_size[1]}, torch on {device}"]
     for model_name in models:
         variant = get_variant(model_name)
