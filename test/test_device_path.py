@@ -176,18 +176,18 @@ def _peak(chunk: int, confidence: bool) -> int:
 
 @pytest.mark.parametrize("confidence", [False, True], ids=["labels", "labels+confidence"])
 def test_150_class_postprocess_peak_memory_at_1080p(confidence: bool) -> None:
+    """Peak memory growth (the kernel's peak resident set, reset just before, in a fresh process) of the chunked
+    post-processing of 150 classes at 1080p: under 16 upsampled float32 channels (all 150 would be 1.2 GB)."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident set")
-    """Peak memory growth (the kernel's peak resident set, reset just before, in a fresh process) of the chunked post-processing of 150 classes at 1080p:
-    under 16 upsampled float32 channels (all 150 would be 1.2 GB)."""
     channel = 1080 * 1920 * 4
     assert _peak(CLASS_CHUNK, confidence) < 16 * channel
 
 
 def test_peak_memory_measure_sees_unchunked_upsampling() -> None:
+    """The measure above is not blind: with 40 classes per chunk it sees more than 16 channels."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident set")
-    """The measure above is not blind: with 40 classes per chunk it sees more than 16 channels."""
     assert _peak(40, False) > 16 * 1080 * 1920 * 4
 
 

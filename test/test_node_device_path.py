@@ -19,6 +19,7 @@ from evit_ros.pipeline import processing
 from evit_ros.ros.conversions import image_to_msg
 from evit_ros.ros.seg_node import ConfigError, SegNode
 
+torch = pytest.importorskip("torch")
 RESOLUTION = "256x512"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -105,6 +106,26 @@ def test_device_frame_path_node_publishes_the_host_labels(b0_checkpoint, camvid_
             assert len(np.unique(expected)) >= 3
         for node in nodes.values():
             assert node.stats.bad == 0
+        # A frame the device cannot take (CUDA out of memory; a stand-in raises it, as no GPU is here) is a bad
+        # frame with its reason, and the next frame is segmented as usual.
+        device_node = nodes["device"]
+        backend = device_node.segmenter.backend
+
+        def out_of_memory_stand_in(batch):
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+
+        backend.infer_device = out_of_memory_stand_in
+        msg.header.stamp.sec = 10
+        pubs["device"].publish(msg)
+        assert _wait(lambda: device_node.stats.bad == 1)
+        assert "OutOfMemoryError" in device_node.stats.last_error
+        del backend.infer_device  # the class's own method again
+        with lock:
+            received.clear()
+        msg.header.stamp.sec = 11
+        pubs["device"].publish(msg)
+        assert _wait(lambda: received.get("device/labels")), "no labels after the failed frame"
+        assert received["device/labels"][-1].header.stamp.sec == 11 and device_node.stats.bad == 1
     finally:
         executor.shutdown(timeout_sec=2)
         for node in nodes.values():

@@ -154,7 +154,8 @@ class Segmenter:
             for i in range(count):
                 pipe.preprocess(frames[start + i], orders[start + i], out=self._input[i])
             # float32 and a copy of its own: the backend's output buffer is reused by its next call
-            outputs.append(self.backend.infer_device(self._batch(count))[:count].float().clone())
+            out = self.backend.infer_device(self._batch(count))[:count]
+            outputs.append(out.clone() if out.dtype == torch.float32 else out.float())
         logits = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         from evit_ros.pipeline.device import DeviceLogits
 
