@@ -242,6 +242,15 @@ def test_frame_path_validation() -> None:
                   allow_random_weights=True)  # fmt: skip
 
 
+def test_predict_refuses_device_frame_path_with_onnxruntime(tmp_path, real_frames, capsys) -> None:
+    require("onnxruntime")
+    from evit_ros.cli.main import main
+
+    args = ["predict", "--weights", "random", "--backend", "onnxruntime", "--resolution", "64x128"]
+    assert main([*args, "--frame-path", "device", str(real_frames[0].parent), str(tmp_path)]) == 2
+    assert "frame_path device needs" in capsys.readouterr().err
+
+
 def test_frame_path_auto_is_host_on_cpu_torch() -> None:
     seg = _segmenter("random", resolution="64x128", frame_path="auto")
     assert seg.frame_path == "host" and seg.device_pipeline is None

@@ -36,7 +36,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if not images:
         print(f"evit-ros predict: no images in {args.input_dir}", file=sys.stderr)
         return 2
-    seg = segmenter_from_args(args)
+    try:
+        seg = segmenter_from_args(args)
+    except ValueError as exc:  # a refused combination (frame_path device with a CPU backend, a bad precision)
+        print(f"evit-ros predict: {exc}", file=sys.stderr)
+        return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
     palette_bgr = np.ascontiguousarray(seg.palette[:, ::-1])
     done, failed, busy = 0, 0, 0.0
