@@ -6,7 +6,7 @@
     ros2 launch evit_ros seg.launch.py class_masks:="{drivable: [road, sidewalk], people: [person, rider]}"
 
 The node's parameters come from params_file (default: the package's config/seg.yaml); model, resolution,
-backend, precision, cameras and every backend option (dla_core, typing, calibration_dir, ...: the table in
+backend, precision, frame_path, cameras and every backend option (dla_core, typing, calibration_dir, ...: the table in
 evit_ros/runtime/options.py, the same names as the node parameters and the evit-ros flags) given here override it
 ('' keeps the file's value):
 
@@ -31,7 +31,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from evit_ros.runtime.options import BACKEND_OPTIONS, OPTIONS_BY_NAME
 from launch import LaunchDescription
 
-OVERRIDABLE = ("model", "resolution", "backend", "precision", *(opt.name for opt in BACKEND_OPTIONS))
+OVERRIDABLE = ("model", "resolution", "backend", "precision", "frame_path", *(opt.name for opt in BACKEND_OPTIONS))
 
 
 def _truthy(text: str) -> bool:
@@ -109,7 +109,17 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("model", default_value="", description="variant, e.g. b0-cityscapes ('' = params_file)"),
         DeclareLaunchArgument("resolution", default_value="", description="network input HxW ('' = params_file)"),
         DeclareLaunchArgument("backend", default_value="", description="auto|tensorrt|torch|onnxruntime|openvino"),
-        DeclareLaunchArgument("precision", default_value="", description="fp32|fp16|int8 ('' = params_file)"),
+        DeclareLaunchArgument(
+            "precision",
+            default_value="",
+            description="auto|fp32|fp16|bf16|int8; auto: fp16 on TensorRT and torch on CUDA, else fp32 "
+            "('' = params_file)",
+        ),
+        DeclareLaunchArgument(
+            "frame_path",
+            default_value="",
+            description="auto|host|device: pre/post-processing on the network's GPU or the CPU ('' = params_file)",
+        ),
         *(
             DeclareLaunchArgument(opt.name, default_value="", description=f"{opt.description} ('' = params_file)")
             for opt in BACKEND_OPTIONS

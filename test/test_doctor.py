@@ -93,3 +93,20 @@ def test_doctor_gpu_table_on_cuda(shared_data: Path, capsys) -> None:
     if _tensorrt():
         row = by_path["tensorrt fp16"]
         assert not row.note.startswith("failed") and row.nonfinite == 0 and row.agreement >= 0.99, row
+
+
+def test_doctor_frame_path_comparison_runs_on_cpu(shared_data: Path) -> None:
+    """The host-vs-device frame-path comparison of doctor --gpu, run with CPU tensors: the device path's labels
+    agree with the CPU host exact path, and both paths are timed in wall and host CPU time."""
+    require("torch")
+    from evit_ros.cli.doctor import run_frame_path_checks
+
+    text = run_frame_path_checks(["b0-cityscapes"], (128, 256), shared_data, frames=1, iterations=1, device="cpu",
+                                 frame_size=(270, 480))  # fmt: skip
+    assert "failed" not in text, text
+    agreement = {
+        line.split()[0]: float(line.rsplit(" ", 1)[1].rstrip("%")) for line in text.splitlines() if "= CPU fp32" in line
+    }
+    assert set(agreement) == {"host:exact", "device"}
+    assert agreement["host:exact"] == 100.0 and agreement["device"] >= 99.9
+    assert "host CPU time" in text and "device / host:refined per frame: wall x" in text

@@ -521,6 +521,8 @@ def test_sigint_stops_a_busy_node_cleanly(harness, model, frames_bgr):
         ("resolution:=250x512", "multiples of 32"),
         ("overlay_alpha:=2.0", "overlay_alpha"),
         ("mask_resolution:=huge", "mask_resolution"),
+        ("frame_path:=gpu", "frame_path must be one of auto, host, device"),
+        ("precision:=fp8", "precision must be one of auto"),
     ],
 )
 def test_invalid_startup_parameter_exits_cleanly(model, param, fragment):

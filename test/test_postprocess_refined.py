@@ -153,15 +153,21 @@ def test_bench_frames_splits_time_and_compares_modes(real_frames: list[Path], tm
         rc = main([*args, "--frames", str(real_frames[0]), "--frame-size", "540x960"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "frame 960x540 -> labels 960x540 (p50 ms)" in out
-    table = [line.split() for line in out.splitlines() if line.split()[:1] in (["exact"], ["refined"])]
-    rows = {cells[0]: [float(v) for v in cells[1:]] for cells in table if len(cells) == 5 and cells[1] != "/"}
-    assert set(rows) == {"exact", "refined"}
-    for pre, net, post, frame in rows.values():
-        assert min(pre, net, post) > 0 and frame >= max(pre, net, post)
-    ratio = next(line for line in out.splitlines() if "refined / exact postprocess: x" in line)
-    assert float(ratio.rsplit("x", 1)[1]) == pytest.approx(rows["refined"][2] / rows["exact"][2], rel=0.05, abs=0.002)
-    assert "frame / network: exact x" in out and ", refined x" in out
+    assert "frame 960x540 -> labels 960x540 (p50 ms per frame)" in out
+    wall = out.split("  wall time")[1].split("host CPU time")[0]
+    table = [line.split() for line in wall.splitlines() if line.split()[:1] in (["host:exact"], ["host:refined"])]
+    rows = {cells[0]: [float(v) for v in cells[1:]] for cells in table if len(cells) == 6}
+    assert set(rows) == {"host:exact", "host:refined"}
+    for pre, net, post, colour, frame in rows.values():
+        assert min(pre, net, post, colour) > 0 and frame >= max(pre, net, post, colour)
+    ratio = next(line for line in out.splitlines() if "host:refined / host:exact postprocess: x" in line)
+    assert float(ratio.rsplit("x", 1)[1]) == pytest.approx(
+        rows["host:refined"][2] / rows["host:exact"][2], rel=0.05, abs=0.002
+    )
+    assert "frame / network (wall): host:exact x" in out and ", host:refined x" in out
     assert "batch 1," not in out  # --frames alone times the frame path only
     assert main([*args, "--frames", str(tmp_path / "missing.png")]) == 2
     assert main([*args, "--frames", str(real_frames[0]), "--modes", "exact,nearest"]) == 2
+    # ONNX Runtime takes host arrays: it has no device frame path
+    assert main([*args, "--frames", str(real_frames[0]), "--frame-path", "host,device"]) == 2
+    assert main([*args, "--frames", str(real_frames[0]), "--frame-path", "gpu"]) == 2

@@ -1,6 +1,7 @@
 """`evit-ros bench`: latency percentiles, throughput and peak memory of one or several backends (network only),
-and with ``--frames`` the whole frame path: a real frame -> labels at its own size, split into pre-processing,
-network and post-processing, for each post-processing mode. Ratios are computed within one run."""
+and with ``--frames`` the whole frame path: a real frame -> labels at its own size, colours and overlay, split into
+pre-processing, network, post-processing and colour/overlay, wall and host CPU time, for each post-processing mode
+and frame path (``--frame-path host,device``). Ratios are computed within one run."""
 
 from __future__ import annotations
 
@@ -119,81 +120,166 @@ def format_results(results: list[BenchResult], title: str) -> str:
     return "\n".join(lines)
 
 
+STAGES = ("preprocess", "network", "postprocess", "colour+overlay")
+
+
 @dataclass
 class FrameTimes:
-    """Per-run milliseconds of one frame size and post-processing mode."""
+    """Per-run milliseconds of one frame size and one frame path (``host:<mode>`` or ``device``): wall time and
+    this process's CPU time (all its threads, time.process_time) of each of STAGES."""
 
     size: tuple[int, int]
-    mode: str
-    preprocess: list[float]
-    network: list[float]
-    postprocess: list[float]
+    path: str
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
 
-    @property
-    def frame(self) -> list[float]:
-        return [a + b + c for a, b, c in zip(self.preprocess, self.network, self.postprocess, strict=True)]
+    @staticmethod
+    def total(split: dict[str, list[float]]) -> list[float]:
+        return [sum(values) for values in zip(*split.values(), strict=True)]
+
+
+class _Clock:
+    """Wall and process CPU marks between stages; ``sync`` (CUDA) makes each stage's device work land in it."""
+
+    def __init__(self, sync) -> None:
+        self.sync = sync
+        self.marks: list[tuple[float, float]] = []
+
+    def mark(self) -> None:
+        self.sync()
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+
+def _frame_paths(backend, paths: list[str], modes: list[str]) -> dict[str, object]:
+    """``path name -> run(image, clock)`` for every frame path asked (host: one per post-processing mode)."""
+    from evit_ros.network.classes import class_table
+    from evit_ros.network.variants import get_variant
+    from evit_ros.pipeline import processing
+
+    resolution = tuple(backend.config.resolution)
+    palette = class_table(get_variant(backend.config.model).dataset)[1]
+    palette_bgr = np.ascontiguousarray(palette[:, ::-1])
+    runs: dict[str, object] = {}
+    if "host" in paths:
+        buffer = np.empty(backend.input_shape, dtype=np.float32)
+
+        def host(mode: str):
+            def run(image: np.ndarray, clock: _Clock) -> np.ndarray:
+                clock.mark()
+                batch = processing.preprocess(image, resolution, order="bgr", out=buffer)
+                clock.mark()
+                logits = backend.infer(batch)[0]
+                clock.mark()
+                labels, _ = processing.postprocess(logits, image.shape[:2], mode)
+                clock.mark()
+                processing.colorize(labels, palette)
+                processing.overlay(image, labels, palette_bgr, 0.5)
+                clock.mark()
+                return labels
+
+            return run
+
+        runs.update({f"host:{mode}": host(mode) for mode in modes})
+    if "device" in paths:
+        from evit_ros.pipeline.device import DevicePipeline
+
+        pipe = DevicePipeline(backend.device, resolution, palette, len(palette))
+        device_input = pipe.input_buffer(backend.input_shape)
+
+        def device(image: np.ndarray, clock: _Clock) -> np.ndarray:
+            clock.mark()
+            frame = pipe.upload(image)
+            pipe.preprocess(frame, "bgr", out=device_input[0])
+            clock.mark()
+            logits = backend.infer_device(device_input)[0]
+            clock.mark()
+            labels, _ = pipe.postprocess(logits, image.shape[:2], "exact")
+            host_labels = pipe.download(labels)
+            clock.mark()
+            pipe.download(pipe.colorize(labels))
+            pipe.download(pipe.overlay(frame, labels, "bgr", 0.5))
+            clock.mark()
+            return host_labels
+
+        runs["device"] = device
+    return runs
 
 
 def bench_frames(
-    backend, images: list[np.ndarray], modes: list[str], iterations: int, warmup: int, block: int = 10
-) -> list[FrameTimes]:
-    """Time BGR frames -> labels at each frame's own size: pre-processing, network and post-processing of each
-    mode as one pipeline, the way a node runs it. The modes take turns in blocks (see :func:`bench_backends`),
-    each turn after one untimed run, so one mode's cache footprint (the exact mode writes C x H x W float
-    logits) does not land on another mode's timings, and every mode's frame / network ratio comes from its own
-    network times."""
-    from evit_ros.pipeline.processing import postprocess, preprocess
-
-    resolution = tuple(backend.config.resolution)
-    buffer = np.empty(backend.input_shape, dtype=np.float32)
+    backend,
+    images: list[np.ndarray],
+    modes: list[str],
+    iterations: int,
+    warmup: int,
+    block: int = 10,
+    paths: tuple[str, ...] = ("host",),
+) -> tuple[list[FrameTimes], dict[tuple[int, int], float]]:
+    """Time BGR frames -> labels at each frame's own size, colours and overlay, the way a node runs them, on each
+    frame path (``host``: each post-processing mode; ``device``: evit_ros.pipeline.device). The paths take turns
+    in blocks (see :func:`bench_backends`), each turn after one untimed run. Returns the times and, with both
+    paths, per frame size the share of pixels where the device labels equal the host ``exact`` labels."""
+    runs = _frame_paths(backend, list(paths), modes)
+    torch = _cuda_torch()
+    clock = _Clock(torch.cuda.synchronize if torch is not None and "device" in paths else lambda: None)
     results: dict[tuple[tuple[int, int], str], FrameTimes] = {}
-
-    def run(image: np.ndarray, mode: str) -> tuple[float, float, float, float]:
-        t0 = time.perf_counter()
-        batch = preprocess(image, resolution, order="bgr", out=buffer)
-        t1 = time.perf_counter()
-        logits = backend.infer(batch)[0]
-        t2 = time.perf_counter()
-        postprocess(logits, image.shape[:2], mode)
-        return t0, t1, t2, time.perf_counter()
-
+    agreement: dict[tuple[int, int], float] = {}
     for image in images:
         size = image.shape[:2]
-        for mode in modes:
-            results.setdefault((size, mode), FrameTimes(size, mode, [], [], []))
-            for _ in range(warmup):
-                run(image, mode)
-        for runs in _turns(iterations, block):
-            for mode in modes:
-                run(image, mode)  # settling run, not timed
-                times = results[(size, mode)]
-                for _ in range(runs):
-                    t0, t1, t2, t3 = run(image, mode)
-                    times.preprocess.append((t1 - t0) * 1e3)
-                    times.network.append((t2 - t1) * 1e3)
-                    times.postprocess.append((t3 - t2) * 1e3)
-    return list(results.values())
+        labels = {}
+        for name, run in runs.items():
+            results.setdefault((size, name), FrameTimes(size, name, {s: [] for s in STAGES}, {s: [] for s in STAGES}))
+            for _ in range(max(1, warmup)):
+                labels[name] = run(image, clock)
+        if "device" in labels and "host:exact" in labels:
+            agreement[size] = float(np.mean(labels["device"] == labels["host:exact"]))
+        elif "device" in labels:
+            from evit_ros.pipeline.processing import postprocess, preprocess
+
+            reference = backend.infer(preprocess(image, tuple(backend.config.resolution), order="bgr"))[0]
+            agreement[size] = float(np.mean(labels["device"] == postprocess(reference, size, "exact")[0]))
+        for runs_in_turn in _turns(iterations, block):
+            for name, run in runs.items():
+                run(image, clock)  # settling run, not timed
+                times = results[(size, name)]
+                for _ in range(runs_in_turn):
+                    clock.marks.clear()
+                    run(image, clock)
+                    for stage, (a, b) in zip(STAGES, zip(clock.marks, clock.marks[1:]), strict=True):
+                        times.wall[stage].append((b[0] - a[0]) * 1e3)
+                        times.cpu[stage].append((b[1] - a[1]) * 1e3)
+    return list(results.values()), agreement
 
 
-def format_frames(results: list[FrameTimes], title: str) -> str:
+def format_frames(results: list[FrameTimes], title: str, agreement: dict[tuple[int, int], float] | None = None) -> str:
     p50 = lambda values: float(np.percentile(values, 50))  # noqa: E731
     lines = [title]
     for size in dict.fromkeys(r.size for r in results):
-        rows = {r.mode: r for r in results if r.size == size}
-        lines.append(f"frame {size[1]}x{size[0]} -> labels {size[1]}x{size[0]} (p50 ms)")
-        lines.append(f"  {'mode':<8} {'preprocess':>10} {'network':>8} {'postprocess':>11} {'frame':>8}")
-        for mode, r in rows.items():
-            lines.append(
-                f"  {mode:<8} {p50(r.preprocess):10.2f} {p50(r.network):8.2f} {p50(r.postprocess):11.2f} "
-                f"{p50(r.frame):8.2f}"
-            )
-        if "exact" in rows:
-            base = p50(rows["exact"].postprocess)
-            for mode, r in rows.items():
-                if mode != "exact":
-                    lines.append(f"  {mode} / exact postprocess: x{p50(r.postprocess) / base:.3f}")
-        ratios = ", ".join(f"{mode} x{p50(r.frame) / p50(r.network):.2f}" for mode, r in rows.items())
-        lines.append(f"  frame / network: {ratios}")
+        rows = {r.path: r for r in results if r.size == size}
+        lines.append(f"frame {size[1]}x{size[0]} -> labels {size[1]}x{size[0]} (p50 ms per frame)")
+        for kind in ("wall", "cpu"):
+            lines.append(f"  {'wall time' if kind == 'wall' else 'host CPU time (process, all threads)'}")
+            lines.append(f"  {'path':<14} " + " ".join(f"{s:>14}" for s in STAGES) + f" {'frame':>8}")
+            for path, r in rows.items():
+                split = getattr(r, kind)
+                cells = " ".join(f"{p50(split[s]):14.2f}" for s in STAGES)
+                lines.append(f"  {path:<14} {cells} {p50(FrameTimes.total(split)):8.2f}")
+        if "host:exact" in rows:
+            base = p50(rows["host:exact"].wall["postprocess"])
+            for path, r in rows.items():
+                if path.startswith("host:") and path != "host:exact":
+                    lines.append(f"  {path} / host:exact postprocess: x{p50(r.wall['postprocess']) / base:.3f}")
+        ratios = ", ".join(
+            f"{path} x{p50(FrameTimes.total(r.wall)) / p50(r.wall['network']):.2f}" for path, r in rows.items()
+        )
+        lines.append(f"  frame / network (wall): {ratios}")
+        host = next((r for path, r in rows.items() if path.startswith("host:")), None)
+        if host is not None and "device" in rows:
+            dev = rows["device"]
+            wall = p50(FrameTimes.total(dev.wall)) / p50(FrameTimes.total(host.wall))
+            cpu = p50(FrameTimes.total(dev.cpu)) / p50(FrameTimes.total(host.cpu))
+            lines.append(f"  device / {host.path} per frame: wall x{wall:.2f}, host CPU x{cpu:.2f}")
+        if agreement and size in agreement:
+            lines.append(f"  device labels = host exact labels on {agreement[size] * 100:.4f}% of the pixels")
     return "\n".join(lines)
 
 
@@ -262,7 +348,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes",
         default="exact,refined",
-        help=f"post-processing modes for --frames, comma-separated ({', '.join(POSTPROCESS_MODES)})",
+        help=f"post-processing modes of the host path for --frames, comma-separated ({', '.join(POSTPROCESS_MODES)})",
+    )
+    parser.add_argument(
+        "--frame-path",
+        default="host",
+        help="frame paths for --frames, comma-separated, taking turns in one run: host (numpy/OpenCV, each of "
+        "--modes), device (torch on the network's device; torch and tensorrt backends), e.g. host,device",
     )
 
 
@@ -283,6 +375,10 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [m for m in modes if m not in POSTPROCESS_MODES]
     if unknown or not modes:
         print(f"evit-ros bench: --modes takes {', '.join(POSTPROCESS_MODES)}, got {args.modes}", file=sys.stderr)
+        return 2
+    paths = tuple(dict.fromkeys(p.strip() for p in args.frame_path.split(",") if p.strip()))
+    if not paths or set(paths) - {"host", "device"}:
+        print(f"evit-ros bench: --frame-path takes host and/or device, got {args.frame_path}", file=sys.stderr)
         return 2
     images = None
     if args.frames:
@@ -328,7 +424,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if images:
         backend = make(args.backend, 1)
         try:
-            frames = bench_frames(backend, images, modes, args.iterations, args.warmup, block=args.block)
+            if "device" in paths and not backend.device_frames:
+                print(f"evit-ros bench: the {backend.name} backend has no device frame path", file=sys.stderr)
+                return 2
+            frames, agreement = bench_frames(
+                backend, images, modes, args.iterations, args.warmup, block=args.block, paths=paths
+            )
             info = backend.describe()
         finally:
             backend.close()
@@ -337,5 +438,5 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{info['backend']} {info['precision']} {info['device']}, {args.iterations} runs after {args.warmup} "
             f"warm-up{threads}"
         )
-        print(format_frames(frames, title))
+        print(format_frames(frames, title, agreement))
     return 0

@@ -8,7 +8,7 @@ import sys
 from evit_ros.cli.common import add_model_arguments, backend_options_from_args
 from evit_ros.deploy.tensorrt_build import TensorRTUnavailable
 from evit_ros.network.variants import get_variant, parse_resolution
-from evit_ros.runtime import BackendConfig, create_backend
+from evit_ros.runtime import BackendConfig, create_backend, resolve_precision
 
 
 def add_build_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,8 @@ def backend_config_from_args(args: argparse.Namespace) -> BackendConfig:
     variant = get_variant(args.model)
     resolution = parse_resolution(args.resolution) if args.resolution else variant.default_resolution
     options = backend_options_from_args(args)
-    precision = "fp16" if options.get("typing") == "strong" and args.precision == "fp32" else args.precision
+    precision = resolve_precision(args.precision, "tensorrt")  # auto: fp16
+    precision = "fp16" if options.get("typing") == "strong" and precision == "fp32" else precision
     return BackendConfig(
         model=variant.name,
         weights=args.weights,

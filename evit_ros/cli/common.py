@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from evit_ros.network.variants import DEFAULT_MODEL, VARIANTS
 from evit_ros.pipeline.processing import POSTPROCESS_MODES
-from evit_ros.runtime import BACKENDS, PRECISIONS
+from evit_ros.runtime import BACKENDS, FRAME_PATHS, PRECISIONS
 from evit_ros.runtime.options import BACKEND_OPTIONS, BackendOption, normalise_options
 
 # Older spellings kept working: flag -> option name.
@@ -30,7 +30,15 @@ def add_model_arguments(
         "'random' for untrained weights (smoke tests only)",
     )
     g.add_argument("--resolution", default=None, help="network input HxW, multiples of 32 (default: the variant's)")
-    g.add_argument("--precision", default="fp32", choices=list(precisions))
+    default_precision = "auto" if "auto" in precisions else precisions[0]
+    g.add_argument(
+        "--precision",
+        default=default_precision,
+        choices=list(precisions),
+        help="auto: fp16 (attention in fp32) on TensorRT and torch on CUDA, fp32 on the CPU backends"
+        if default_precision == "auto"
+        else None,
+    )
     if not with_backend:
         return
     g.add_argument("--backend", default=default_backend, choices=BACKENDS)
@@ -54,6 +62,16 @@ def add_model_arguments(
         "computed only near class boundaries; fast: argmax then nearest upsampling",
     )
     add_backend_option_arguments(parser)
+
+
+def add_frame_path_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--frame-path",
+        default="auto",
+        choices=FRAME_PATHS,
+        help="where pre- and post-processing run: device (torch on the network's device; torch and tensorrt "
+        "backends), host (numpy/OpenCV), auto (device on CUDA backends, else host)",
+    )
 
 
 def add_backend_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +127,8 @@ def segmenter_kwargs(args: argparse.Namespace, **overrides) -> dict:
         allow_random_weights=args.weights == "random",
         backend_options=backend_options_from_args(args),
     )
+    if hasattr(args, "frame_path"):
+        kwargs["frame_path"] = args.frame_path
     kwargs.update(overrides)
     return kwargs
 

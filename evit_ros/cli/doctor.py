@@ -23,6 +23,7 @@ import numpy as np
 
 GPU_MODELS = ("b0-cityscapes", "l2-cityscapes")
 GPU_RESOLUTION = "1024x2048"
+FRAME_PATH_SIZE = (1080, 1920)
 
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,11 +207,12 @@ class GpuRow:
     note: str = ""
 
 
-def _frames(data: Path | None, count: int, resolution: tuple[int, int]) -> tuple[list[np.ndarray], str]:
-    """Preprocessed frames: real ones from `data` (or $EVIT_ROS_TEST_DATA), else seeded smooth synthetic images."""
+def _frame_images(data: Path | None, count: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+    """BGR frames at ``size`` (H, W): real ones from `data` (or $EVIT_ROS_TEST_DATA), else seeded smooth synthetic
+    images; and where they came from."""
     import cv2
 
-    from evit_ros.pipeline.processing import list_images, preprocess
+    from evit_ros.pipeline.processing import list_images
 
     root = data or (Path(os.environ["EVIT_ROS_TEST_DATA"]) if os.environ.get("EVIT_ROS_TEST_DATA") else None)
     files: list[Path] = []
@@ -221,16 +223,20 @@ def _frames(data: Path | None, count: int, resolution: tuple[int, int]) -> tuple
                 if files:
                     break
     images = [img for img in (cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files[:count]) if img is not None]
-    if images:
-        return [preprocess(img, resolution, order="bgr") for img in images], f"{len(images)} real frames from {root}"
-    rng = np.random.default_rng(0)
-    synth = [
-        cv2.resize(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8), resolution[::-1], interpolation=cv2.INTER_CUBIC)
-        for _ in range(count)
-    ]
-    return [preprocess(img, resolution, order="bgr") for img in synth], (
-        f"{count} synthetic frames (no real frames: pass --data or set EVIT_ROS_TEST_DATA)"
-    )
+    source = f"{len(images)} real frames from {root}"
+    if not images:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (16, 32, 3), dtype=np.uint8) for _ in range(count)]
+        source = f"{count} synthetic frames (no real frames: pass --data or set EVIT_ROS_TEST_DATA)"
+    return [cv2.resize(img, size[::-1], interpolation=cv2.INTER_CUBIC) for img in images], source
+
+
+def _frames(data: Path | None, count: int, resolution: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+    """Preprocessed frames at the network resolution (see _frame_images)."""
+    from evit_ros.pipeline.processing import preprocess
+
+    images, source = _frame_images(data, count, resolution)
+    return [preprocess(img, resolution, order="bgr") for img in images], source
 
 
 def _measure(backend, inputs: list[np.ndarray], ref_labels: list[np.ndarray], iterations: int, row: GpuRow) -> None:
@@ -349,6 +355,55 @@ def run_gpu_checks(
     return rows
 
 
+def run_frame_path_checks(
+    models: list[str],
+    resolution: tuple[int, int],
+    data: Path | None,
+    frames: int,
+    iterations: int,
+    device: str = "cuda",
+    frame_size: tuple[int, int] = FRAME_PATH_SIZE,
+) -> str:
+    """Host vs device frame path at ``frame_size`` (1080p) on torch on ``device`` (precision auto), the paths
+    taking turns in one run (evit-ros bench --frame-path host,device), with each path's label agreement against
+    the CPU fp32 host ``exact`` path of the same random weights."""
+    from evit_ros.cli.bench import _Clock, _frame_paths, bench_frames, format_frames
+    from evit_ros.network.variants import get_variant
+    from evit_ros.network.weights import load_model
+    from evit_ros.pipeline.processing import postprocess, preprocess
+    from evit_ros.runtime import BackendConfig
+    from evit_ros.runtime.torch_backend import TorchBackend
+
+    images, source = _frame_images(data, frames, frame_size)
+    lines = [f"frame path: host vs device, {source} at {frame_size[0]}x{frame_size[1]}, torch on {device}"]
+    for model_name in models:
+        variant = get_variant(model_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the RANDOM WEIGHTS warning: intended here
+            model, _ = load_model(variant, "random")
+        cfg = dict(model=variant.name, resolution=resolution)
+        cpu = TorchBackend(BackendConfig(**cfg, device="cpu", precision="fp32"), model=copy.deepcopy(model).eval())
+        refs = [postprocess(cpu.infer(preprocess(img, resolution, "bgr"))[0], frame_size, "exact")[0] for img in images]
+        del cpu
+        try:
+            backend = TorchBackend(BackendConfig(**cfg, device=device), model=model.eval())
+            runs = _frame_paths(backend, ["host", "device"], ["exact"])
+            clock = _Clock(lambda: None)
+            agree = {
+                name: float(np.mean([np.mean(run(img, clock) == ref) for img, ref in zip(images, refs, strict=True)]))
+                for name, run in runs.items()
+            }
+            times, _ = bench_frames(backend, images[:1], ["refined"], iterations, 1, paths=("host", "device"))
+            info = backend.describe()
+            title = f"{variant.name} {resolution[0]}x{resolution[1]} torch {info['precision']} {info['device']}"
+            lines.append(format_frames(times, title))
+            lines.extend(f"  {name} labels = CPU fp32 host exact: {a * 100:.4f}%" for name, a in agree.items())
+            del backend, runs
+        except Exception as exc:  # reported, not fatal: the other models still run
+            lines.append(f"{variant.name}: failed: {type(exc).__name__}: {exc}")
+    return "\n".join(lines)
+
+
 def format_gpu_table(rows: list[GpuRow]) -> str:
     header = f"{'model':<15} {'path':<44} {'labels = CPU fp32':>17} {'NaN/Inf':>8} {'p50 ms':>9}  note"
     lines = [header, "-" * len(header)]
@@ -383,4 +438,5 @@ def run_doctor(args: argparse.Namespace) -> int:
     report_gpu_support()
     rows = run_gpu_checks(models, resolution, args.data, args.frames, args.iterations)
     print(format_gpu_table(rows))
+    print(run_frame_path_checks(models, resolution, args.data, args.frames, args.iterations))
     return 0

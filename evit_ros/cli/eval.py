@@ -50,7 +50,7 @@ _EPILOG = """examples:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options (source, topics, class maps, report, model) to ``parser``."""
-    from evit_ros.cli.common import add_model_arguments
+    from evit_ros.cli.common import add_frame_path_argument, add_model_arguments
 
     parser.description = __doc__.split("\n\n", 1)[1] if __doc__ else None
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -99,6 +99,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                    help="split recordings into units of at most N frames (default: about 4 units per worker; "
                         "0: whole recordings)")  # fmt: skip
     add_model_arguments(parser)
+    add_frame_path_argument(parser)
 
 
 def _model_class_info(args: argparse.Namespace) -> tuple[int, tuple[str, ...], np.ndarray]:

@@ -10,12 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from evit_ros.cli.common import add_model_arguments, segmenter_from_args
+from evit_ros.cli.common import add_frame_path_argument, add_model_arguments, segmenter_from_args
 from evit_ros.pipeline.processing import list_images, overlay
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_frame_path_argument(parser)
     parser.add_argument(
         "--save-logits", action="store_true", help="also write <stem>.npy: float32 C x H/8 x W/8 logits"
     )
@@ -35,7 +36,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if not images:
         print(f"evit-ros predict: no images in {args.input_dir}", file=sys.stderr)
         return 2
-    seg = segmenter_from_args(args)
+    try:
+        seg = segmenter_from_args(args)
+    except ValueError as exc:  # a refused combination (frame_path device with a CPU backend, a bad precision)
+        print(f"evit-ros predict: {exc}", file=sys.stderr)
+        return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
     palette_bgr = np.ascontiguousarray(seg.palette[:, ::-1])
     done, failed, busy = 0, 0, 0.0

@@ -34,6 +34,12 @@ every camera gets its turn. Raw frames are taken serialized through rcl into a b
 pre-processing and the overlay; output images are written once into their publisher's serialized buffer and
 handed to rcl (:mod:`evit_ros.ros.image_publisher`).
 
+Frame path (``frame_path``, read-only): ``device`` resizes, normalises, upsamples the logits, takes the argmax and
+draws the colours and the overlay in torch on the network's device (TensorRT, torch), so the frame goes up once as
+uint8 and only the uint8 outputs come back; ``host`` does it with numpy/OpenCV; ``auto`` (default) is device on
+CUDA backends, host otherwise. ``precision`` ``auto`` (default) is fp16 on TensorRT and torch on CUDA, fp32 on the
+CPU backends.
+
 Exit status: 0 after SIGINT/SIGTERM, a finished ``build_only`` run or ``seg_node --help`` (the parameters); 2 for
 an invalid parameter value or an unknown ROS argument; 1 when the model cannot be loaded (missing checkpoint,
 unavailable backend, ...).
@@ -83,7 +89,7 @@ from evit_ros.ros.image_publisher import ImagePublisher, publish_path
 from evit_ros.ros.planner_outputs import LABEL_INFO_TOPIC, PlannerOutputs, label_info_publisher
 from evit_ros.ros.rcl_serialized import SerializedSubscription
 from evit_ros.ros.scheduler import FrameSlot, RoundRobinSlots
-from evit_ros.runtime import batching_pays
+from evit_ros.runtime import FRAME_PATHS, batching_pays, check_frame_path, resolve_backend_name
 from evit_ros.runtime.base import BACKENDS, PRECISIONS
 from evit_ros.runtime.options import BACKEND_OPTIONS, normalise_options
 
@@ -111,6 +117,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "input_transport": ("raw", "compressed"),
     "precision": PRECISIONS,
     "backend": BACKENDS,
+    "frame_path": FRAME_PATHS,
 }
 
 RUNTIME_PARAMETERS = frozenset(
@@ -150,7 +157,18 @@ def _parameter_table() -> dict[str, _Param]:
         ),
         "resolution": _Param("", "network input HxW, multiples of 32 ('' = the variant's evaluation size)", True),
         "backend": _Param("auto", " | ".join(BACKENDS), True),
-        "precision": _Param("fp32", f"{' | '.join(PRECISIONS)} (what the backend supports)", True),
+        "precision": _Param(
+            "auto",
+            f"{' | '.join(PRECISIONS)} (what the backend supports; auto: fp16 on TensorRT and torch on CUDA, "
+            "fp32 on the CPU backends)",
+            True,
+        ),
+        "frame_path": _Param(
+            "auto",
+            "where pre- and post-processing run: device (torch on the network's device: torch or tensorrt "
+            "backend), host (numpy/OpenCV) or auto (device on CUDA backends, else host)",
+            True,
+        ),
         "engine_cache_dir": _Param(
             "", "where ONNX files, TensorRT engines and OpenVINO models are cached ('' = default cache)", True
         ),
@@ -400,6 +418,7 @@ class _Job:
     image: np.ndarray
     order: str
     want: dict[str, bool]
+    frame: object = None  # the frame as uploaded (a torch tensor) on the device frame path
 
 
 class SegNode(Node):
@@ -442,7 +461,9 @@ class SegNode(Node):
             allow_random_weights=weights == "random",
             backend_options=backend_options,
             batch_size=batch_size,
+            frame_path=p["frame_path"],
         )
+        self.device_pipeline = self.segmenter.device_pipeline  # None on the host frame path
         self.info = self.segmenter.describe()
         if self.multi_camera:
             self.info["batch_size"] = str(self.segmenter.max_batch)
@@ -565,6 +586,13 @@ class SegNode(Node):
             self._class_masks = parse_class_masks(p["class_masks"], class_table(get_variant(p["model"]).dataset)[0])
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if p["frame_path"] == "device":  # refused before any model is loaded
+            try:
+                reason = check_frame_path(p["frame_path"], resolve_backend_name(p["backend"]))
+            except ValueError as exc:
+                reason = str(exc)
+            if reason:
+                raise ConfigError(reason)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         updates = {}
@@ -657,7 +685,15 @@ class SegNode(Node):
         if not jobs:
             return
         t0 = time.perf_counter()
-        logits = self.segmenter.logits_batch([job.image for job in jobs], [job.order for job in jobs])
+        images, orders = [job.image for job in jobs], [job.order for job in jobs]
+        if self.device_pipeline is None:
+            logits = self.segmenter.logits_batch(images, orders)
+        else:
+            # On the device: a CUDA out-of-memory error raised here counts every frame of the batch as bad (_work)
+            batch = self.segmenter.device_logits_batch(images, orders)
+            logits = batch.logits
+            for job, frame in zip(jobs, batch.frames, strict=True):
+                job.frame = frame
         infer_ms = (time.perf_counter() - t0) * 1e3
         self.network.add(len(jobs), infer_ms)
         compress = []  # every camera's raw outputs go out before any image is compressed
@@ -689,15 +725,23 @@ class SegNode(Node):
             if want["labels"]
             else contextlib.nullcontext()
         )
+        pipe = self.device_pipeline
         with labels_loan as into:
             t0 = time.perf_counter()
-            labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
+            if pipe is None:
+                labels, conf = processing.postprocess(logits, out_size, mode, want["confidence"], out=into)
+            else:  # labels stay on the device for the colours and the overlay; only uint8 comes back
+                device_labels, conf = pipe.postprocess(logits, out_size, mode, want["confidence"])
+                labels = pipe.download(device_labels, into)
+                conf = None if conf is None else pipe.download(conf)
             post_ms = (time.perf_counter() - t0) * 1e3
-        if want["color"]:
+        overlay = None
+        if pipe is not None:
+            overlay = self._publish_device_images(job, device_labels, rt)
+        elif want["color"]:
             colours = processing.colorize(labels, self.segmenter.palette)
             cam.images["color"].publish(colours, "rgb8", header)
-        overlay = None
-        if want["overlay"]:
+        if want["overlay"] and pipe is None:
             with cam.images["overlay"].loan((*out_size, 3), np.uint8, "bgr8", header) as into:
                 overlay = self._overlay_bgr(job, labels, out_size, rt, into)
         if want["confidence"]:
@@ -712,7 +756,8 @@ class SegNode(Node):
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        finite = processing.all_finite(logits)  # checked once the outputs are out: it only counts and warns
+        # checked once the outputs are out: it only counts and warns
+        finite = processing.all_finite(logits) if pipe is None else pipe.all_finite(logits)
         with cam.stats.lock:
             cam.stats.frames_out += 1
             cam.stats.infer_ms.append(infer_ms)
@@ -752,6 +797,19 @@ class SegNode(Node):
         if job.order == "bgr":
             return processing.overlay(base, labels, palette, alpha, out=out)
         return cv2.cvtColor(processing.overlay(base, labels, palette, alpha), cv2.COLOR_RGB2BGR, dst=out)
+
+    def _publish_device_images(self, job: _Job, labels, rt: dict) -> np.ndarray | None:
+        """Colours and overlay of the device frame path: computed on the device, only their uint8 pixels come
+        back, the overlay's straight into its message (returned, for its compressed twin)."""
+        pipe, cam, header = self.device_pipeline, job.camera, job.msg.header
+        if job.want["color"]:
+            cam.images["color"].publish(pipe.download(pipe.colorize(labels, "rgb")), "rgb8", header)
+        if job.want["overlay"]:
+            blend = pipe.overlay(job.frame, labels, job.order, float(rt["overlay_alpha"]), out_order="bgr")
+            with cam.images["overlay"].loan(tuple(blend.shape), np.uint8, "bgr8", header) as into:
+                pipe.download(blend, into)
+            return into
+        return None
 
     # ---------------------------------------------------------------- diagnostics
     def diagnostics_status(self, cam: _Camera | None = None) -> DiagnosticStatus:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig
+from evit_ros.runtime.base import BACKENDS, PRECISIONS, Backend, BackendConfig, resolve_precision
 from evit_ros.runtime.options import normalise_options
 
 __all__ = [
@@ -12,10 +12,18 @@ __all__ = [
     "PRECISIONS",
     "Backend",
     "BackendConfig",
+    "DEVICE_FRAME_BACKENDS",
+    "FRAME_PATHS",
     "batching_pays",
+    "check_frame_path",
     "create_backend",
     "resolve_backend_name",
+    "resolve_frame_path",
+    "resolve_precision",
 ]
+
+FRAME_PATHS = ("auto", "host", "device")
+DEVICE_FRAME_BACKENDS = ("torch", "tensorrt")  # their networks run on a torch device
 
 
 def _importable(module: str) -> bool:
@@ -61,11 +69,34 @@ def resolve_backend_name(name: str) -> str:
     return "onnxruntime"
 
 
+def check_frame_path(frame_path: str, backend: str) -> str | None:
+    """The reason ``frame_path`` cannot serve ``backend`` (resolved name), or None."""
+    if frame_path not in FRAME_PATHS:
+        return f"frame_path must be one of {', '.join(FRAME_PATHS)}, got {frame_path!r}"
+    if frame_path == "device" and backend not in DEVICE_FRAME_BACKENDS:
+        return (
+            "frame_path device needs a backend whose network runs on a torch device "
+            f"({', '.join(DEVICE_FRAME_BACKENDS)}); {backend} takes host arrays, so use frame_path host or auto"
+        )
+    return None
+
+
+def resolve_frame_path(frame_path: str, backend: Backend) -> str:
+    """``host`` or ``device`` for a created backend: auto is device on CUDA backends, host otherwise; device is
+    refused (ValueError with the reason) where the backend has no device path."""
+    reason = check_frame_path(frame_path, backend.name)
+    if reason is not None:
+        raise ValueError(reason)
+    if frame_path != "auto":
+        return frame_path
+    on_cuda = backend.device_frames and getattr(backend.device, "type", "") == "cuda"
+    return "device" if on_cuda else "host"
+
+
 def create_backend(name: str, config: BackendConfig) -> Backend:
     """Instantiate a backend; heavy imports (torch, onnxruntime, openvino, tensorrt) happen only here."""
     resolved = resolve_backend_name(name)
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{config.precision}'; choose one of {', '.join(PRECISIONS)}")
+    config.precision = resolve_precision(config.precision, resolved, config.device)  # fails before any import
     config.options = normalise_options(config.options)
     if resolved == "torch":
         from evit_ros.runtime.torch_backend import TorchBackend

@@ -53,6 +53,7 @@ class _EngineInfo:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    device_frames = True
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -320,6 +321,27 @@ class TensorRTBackend(Backend):
         self.stream.synchronize()
         # The caller owns the result (a batch split over several calls keeps each), so it leaves the staging buffer.
         return self._host_output_np.astype(np.float32, copy=True)
+
+    def infer_device(self, batch):
+        """The engine on a float32 batch already on the GPU (the device frame path): its memory is bound as the
+        input for this call, and the engine runs on torch's current stream, so it is ordered after the
+        pre-processing that wrote the batch and before the post-processing that reads the returned output
+        buffer (valid until the next call)."""
+        import torch
+
+        own = self.buffers[self.input_name]
+        if batch.dtype != own.dtype or batch.shape != own.shape or batch.device != own.device:
+            raise ValueError(f"TensorRT engine takes {own.dtype} {tuple(own.shape)} on {own.device}, got "
+                             f"{batch.dtype} {tuple(batch.shape)} on {batch.device}")  # fmt: skip
+        batch = batch.contiguous()
+        stream = torch.cuda.current_stream(self.device)
+        self.context.set_tensor_address(self.input_name, batch.data_ptr())
+        try:
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+        finally:
+            self.context.set_tensor_address(self.input_name, own.data_ptr())  # infer() keeps its own buffer
+        return self.buffers[self.output_name]
 
     def describe(self) -> dict[str, str]:
         info = super().describe()

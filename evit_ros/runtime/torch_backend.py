@@ -18,6 +18,7 @@ def cuda_available() -> bool:
 
 class TorchBackend(Backend):
     name = "torch"
+    device_frames = True
 
     def __init__(self, config: BackendConfig, model: torch.nn.Module | None = None) -> None:
         super().__init__(config)
@@ -70,6 +71,20 @@ class TorchBackend(Backend):
         else:
             out = self.model(x.to(self.device, self.dtype))
         return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def infer_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network on a batch already on ``self.device`` (the device frame path): no host round trip."""
+        if batch.dtype != torch.float32 or batch.dim() != 4 or tuple(batch.shape[1:]) != self.input_shape[1:]:
+            raise ValueError(
+                f"torch backend expects float32 {self.input_shape}, got {batch.dtype} {tuple(batch.shape)}"
+            )
+        if self._graph is not None:
+            self._static_in.copy_(batch)
+            with torch.cuda.device(self.device):
+                self._graph.replay()
+            return self._static_out
+        return self.model(batch.to(self.device, self.dtype))
 
     def describe(self) -> dict[str, str]:
         info = super().describe()
