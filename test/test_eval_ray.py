@@ -36,9 +36,9 @@ def no_cluster_left():
 
 
 @pytest.fixture(scope="module")
-def frames(camvid_pairs: list[tuple[Path, Path]], b0_checkpoint: Path) -> list[dict]:
+def frames(camvid_pairs: list[tuple[Path, Path]], b0_model) -> list[dict]:
     out = load_frames(camvid_pairs, 18)
-    predict(out, b0_checkpoint)
+    predict(out, b0_model(RESOLUTION))
     return out
 
 

@@ -9,17 +9,18 @@ import time
 import cv2
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import MultiThreadedExecutor
-from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
 
-from evit_ros.pipeline import processing
-from evit_ros.ros.conversions import image_to_msg
-from evit_ros.ros.seg_node import ConfigError, SegNode
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
+torch = pytest.importorskip("torch", reason="torch is not installed (the device frame path is torch)")
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
-torch = pytest.importorskip("torch")
+from evit_ros.pipeline import processing  # noqa: E402
+from evit_ros.ros.conversions import image_to_msg  # noqa: E402
+from evit_ros.ros.seg_node import ConfigError, SegNode  # noqa: E402
+
 RESOLUTION = "256x512"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
