@@ -546,7 +546,8 @@ class SegNode(Node):
         self._worker.start()
         topics = ", ".join(f"'{cam.sub_image.topic_name}'" for cam in self.cameras)
         self.get_logger().info(
-            f"segmenting {topics} ({p['input_transport']}, {p['qos_reliability']}, depth {depth}"
+            f"segmenting {topics} ({p['input_transport']}, {p['qos_reliability']}, depth {depth}, "
+            f"outputs published through {self.publish_path}"
             + (f", batches of up to {self.segmenter.max_batch})" if self.multi_camera else ")")
         )
 
