@@ -136,6 +136,12 @@ def test_killed_worker_is_retried_exactly(frames, b0_checkpoint: Path, tmp_path:
     assert got.frames == expected.frames == 12 and got.scores.miou == expected.scores.miou
 
 
+def _sigint_live() -> None:
+    """In the child before exec: SIGINT handled as at a terminal. A shell starts background jobs with SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C could not be tested from one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("use_ray", [False, True], ids=["in_process", "ray"])
 def test_ctrl_c_stops_cleanly(frames, b0_checkpoint: Path, tmp_path: Path, use_ray: bool) -> None:
     """SIGINT to the whole process group (what Ctrl-C does) mid-scoring: one line, exit 130, nothing left running."""
@@ -152,7 +158,7 @@ def test_ctrl_c_stops_cleanly(frames, b0_checkpoint: Path, tmp_path: Path, use_r
     )
     proc = subprocess.Popen([sys.executable, "-m", "evit_ros.cli.main", "eval", str(fleet[0].parent), *args,
                              "--report", str(tmp_path / "report")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True)  # fmt: skip
+                            env=env, start_new_session=True, preexec_fn=_sigint_live)  # fmt: skip
     try:
         seen = b""
         deadline = time.monotonic() + 120

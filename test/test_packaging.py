@@ -68,12 +68,17 @@ def module_folders(package_root: Path) -> set[str]:
     return {str(p.parent.relative_to(package_root.parent)) for p in package_root.rglob("*.py")}
 
 
+def _provides_evit_ros(entry: str) -> bool:
+    """A PYTHONPATH entry in the source tree, or one holding an ``evit_ros`` package: colcon test puts its build
+    folder (a link to the source package under --symlink-install) on PYTHONPATH."""
+    path = Path(entry)
+    return path.resolve().is_relative_to(REPO_ROOT) or (path / "evit_ros").exists()
+
+
 def _env(**extra: str) -> dict[str, str]:
-    """The test's environment (its private ROS domain) with no PYTHONPATH entry in the source tree."""
+    """The test's environment (its private ROS domain) with no PYTHONPATH entry that would serve ``evit_ros``."""
     env = dict(os.environ)
-    kept = [
-        p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and not Path(p).resolve().is_relative_to(REPO_ROOT)
-    ]
+    kept = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and not _provides_evit_ros(p)]
     if kept:
         env["PYTHONPATH"] = os.pathsep.join(kept)
     env.update(extra)
