@@ -684,6 +684,15 @@ def test_call_sequence_dla_build_counts_dla_layers(tmp_path: Path, caplog) -> No
     assert "Builder.build_serialized_network" not in none.names()
 
 
+def test_timing_cache_written_from_the_host_memory_blob(tmp_path: Path) -> None:
+    from trt_callrecorder import TIMING_CACHE_MAGIC, HostMemory
+
+    with pytest.raises(TypeError):
+        len(HostMemory(b"x"))  # as IHostMemory: serialize() results have nbytes but no len()
+    _build(_recorder(), tmp_path, precision="fp32")
+    assert (tmp_path / "timing.cache").read_bytes() == TIMING_CACHE_MAGIC + b" timings"
+
+
 def test_timing_cache_round_trip_and_corrupt_cache_discarded(tmp_path: Path, caplog) -> None:
     from trt_callrecorder import TIMING_CACHE_MAGIC
 

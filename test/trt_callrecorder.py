@@ -22,6 +22,27 @@ from dataclasses import dataclass, field
 TIMING_CACHE_MAGIC = b"TRTC"  # this stand-in's own "valid cache" marker; not TensorRT's format
 
 
+class HostMemory:
+    """Like the bindings' IHostMemory (serialized engines and timing caches): ``nbytes``, ``dtype`` and a byte
+    conversion, but NO ``__len__`` (pyFoundationalTypes.cpp v8.6.1:282-287, v10.3.0:295-300, v11.1:297-302), so
+    code that calls len() on it fails here as it does with TensorRT. (A pure-Python class cannot offer the buffer
+    protocol on Python 3.11; ``bytes()`` reaches ``__bytes__`` instead, as it reaches the buffer with TensorRT.)"""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    @property
+    def dtype(self) -> str:
+        return "UINT8"
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+
 @dataclass
 class Tensor:
     name: str
@@ -35,7 +56,7 @@ class CallRecorder:
 
     ``layers``: (name, LayerType name, input tensor names, output tensor names, per-output float flag), as the
     parser would produce them. ``inputs``: network input name -> shape (-1 for dynamic). ``dla_layers``: names of
-    the layers ``can_run_on_DLA`` accepts. ``build_result``: what ``build_serialized_network`` does: bytes to return,
+    the layers ``can_run_on_DLA`` accepts. ``build_result``: what ``build_serialized_network`` does: bytes to return (as an IHostMemory),
     None (a failed build) or an exception instance to raise (an interrupted build).
     """
 
@@ -192,8 +213,8 @@ class CallRecorder:
             def __init__(self, blob: bytes) -> None:
                 self.blob = blob or TIMING_CACHE_MAGIC
 
-            def serialize(self) -> bytes:
-                return self.blob + b" timings"
+            def serialize(self) -> HostMemory:
+                return HostMemory(self.blob + b" timings")
 
         class BuilderConfig:
             def __init__(self) -> None:
@@ -267,7 +288,7 @@ class CallRecorder:
                         calibrator.write_calibration_cache(b"calibration table")
                 if isinstance(rec.build_result, BaseException):
                     raise rec.build_result
-                return rec.build_result
+                return HostMemory(rec.build_result) if isinstance(rec.build_result, bytes) else rec.build_result
 
         class OnnxParser:
             def __init__(self, network, logger) -> None:

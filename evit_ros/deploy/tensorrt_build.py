@@ -705,10 +705,12 @@ def save_timing_cache(config, path: Path) -> None:
     """Write the builder's timing cache; never raises (it runs in a ``finally`` that may hold the real error)."""
     try:
         cache = config.get_timing_cache()
-        blob = cache.serialize() if cache is not None else None
-        if blob is not None and len(blob):
-            atomic_write(path, bytes(blob))
-            log.info("saved timing cache %s", path)
+        # serialize() returns an IHostMemory: buffer protocol and nbytes, but no __len__ on any TensorRT version
+        # (python/src/infer/pyFoundationalTypes.cpp, v8.6.1 to v11.1), so it is copied to bytes before any test.
+        data = bytes(cache.serialize()) if cache is not None else b""
+        if data:
+            atomic_write(path, data)
+            log.info("saved timing cache %s (%d bytes)", path, len(data))
     except Exception as exc:
         log.warning("could not save the timing cache %s: %s", path, exc)
 
