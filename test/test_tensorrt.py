@@ -578,6 +578,19 @@ def test_int8_build_streams_calibration_then_uses_the_cache(calibration_dir: Pat
     assert not second.of("calibrator.get_batch")
 
 
+def test_int8_build_raises_the_calibration_data_error(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
+    rec = _recorder("8.6.1")
+    with pytest.raises(FileNotFoundError, match="no readable images among 2 files"):
+        _build(rec, tmp_path, precision="int8", calibration_dir=str(folder), calibration_images=4)
+    assert "Builder.build_serialized_network" in rec.names() and not rec.of("calibrator.get_batch")
+    assert not (tmp_path / "calibration.cache").exists()
+
+
 @pytest.mark.parametrize("version", ["10.3.0", "10.13.3", "11.1.0"])
 def test_call_sequence_strongly_typed_sets_no_precision(tmp_path: Path, version: str) -> None:
     from trt_callrecorder import Recorded

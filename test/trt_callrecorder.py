@@ -283,8 +283,17 @@ class CallRecorder:
                     rec.record("calibrator.get_batch_size", calibrator.get_batch_size())
                     if calibrator.read_calibration_cache() is None:
                         names = [t.name for t in network._inputs]
-                        while (pointers := calibrator.get_batch(names)) is not None:
+                        while True:
+                            try:
+                                pointers = calibrator.get_batch(names)
+                            except Exception as exc:  # the v8.6/v10 trampoline: printed, read as "no more batches"
+                                rec.record("calibrator.get_batch raised", exc)
+                                pointers = None
+                            if pointers is None:
+                                break
                             rec.record("calibrator.get_batch", tuple(pointers))
+                        if not rec.of("calibrator.get_batch"):
+                            return None  # nothing to calibrate on: the build fails without saying why
                         calibrator.write_calibration_cache(b"calibration table")
                 if isinstance(rec.build_result, BaseException):
                     raise rec.build_result

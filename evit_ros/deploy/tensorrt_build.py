@@ -577,11 +577,23 @@ def make_calibrator(trt, frames: FrameBatches, cache_file: Path, device: str = "
             self.frames = frames
             self.batches: Iterator[np.ndarray] | None = None
             self.device_input: torch.Tensor | None = None
+            self.error: Exception | None = None
 
         def get_batch_size(self) -> int:
             return frames.batch
 
         def get_batch(self, names):
+            # TensorRT's getBatch trampoline must not see an exception: v8.6.1 and v10.3.0 catch it, print it and
+            # read it as "no more batches" (an opaque calibration failure; python/src/infer/pyInt8.cpp), older
+            # bindings call it from a noexcept function (terminate). build_serialized_engine raises it instead.
+            try:
+                return self._next_batch()
+            except Exception as exc:
+                self.error = exc
+                self.device_input = None
+                return None
+
+        def _next_batch(self) -> list[int] | None:
             if self.batches is None:
                 self.batches = iter(frames)
             batch = next(self.batches, None)
@@ -756,6 +768,7 @@ def build_serialized_engine(
     if build.builder_optimization_level is not None:
         config.builder_optimization_level = build.builder_optimization_level
     input_shape = (batch, 3, *resolution)
+    calibrator = None
     profile = _add_optimization_profile(builder, network, config, input_shape)
     if not build.strongly_typed and build.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
@@ -765,7 +778,7 @@ def build_serialized_engine(
             frames = FrameBatches(
                 calibration_images(build.calibration_dir, build.calibration_images), resolution, batch
             )
-            config.int8_calibrator = make_calibrator(trt, frames, calibration_cache, calibration_device)
+            calibrator = config.int8_calibrator = make_calibrator(trt, frames, calibration_cache, calibration_device)
             if profile is not None:
                 config.set_calibration_profile(profile)  # calibration of a dynamic input needs a profile
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
@@ -795,6 +808,8 @@ def build_serialized_engine(
     finally:
         # Minutes of tactic timing survive a failed or interrupted (an exception, Ctrl-C) build.
         save_timing_cache(config, timing_cache)
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error  # the real reason (e.g. no readable images), not TensorRT's "calibration failure"
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
     log.info("built TensorRT engine in %.1f s", time.monotonic() - start)
