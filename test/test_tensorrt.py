@@ -482,11 +482,20 @@ def _recorder(version: str = "10.3.0", dynamic: bool = True, **kwargs):
     return CallRecorder(version, layers=layers, inputs={"x": shape}, **kwargs)
 
 
+SCOPE = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
+PINS = (f"{SCOPE}/ReduceSum", f"{SCOPE}/Add")
+
+
+def _pinned_layers() -> list[str]:
+    from evit_ros.deploy.tensorrt_build import select_fp32_layers
+
+    return select_fp32_layers(_trt_graph(), frozenset(PINS))
+
+
 def _build(rec, tmp_path: Path, batch: int = 2, **build):
     from evit_ros.deploy.tensorrt_build import build_serialized_engine
 
-    scope = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
-    pins = (f"{scope}/ReduceSum", f"{scope}/Add")
+    pins = PINS
     if build.get("precision", "fp16") == "fp32" or build.get("strongly_typed"):
         pins = ()
     config = EngineBuildConfig(**{"fp32_pins": pins, **build})
@@ -615,8 +624,6 @@ def test_call_sequence_strongly_typed_sets_no_precision(tmp_path: Path, version:
 def test_call_sequence_weak_routes(tmp_path: Path, version: str, precision: str, flags: list[str]) -> None:
     from trt_callrecorder import Recorded
 
-    from evit_ros.deploy.tensorrt_build import select_fp32_layers
-
     rec = _recorder(version)
     _build(rec, tmp_path, precision=precision)
     got = Recorded.of(rec)
@@ -626,8 +633,7 @@ def test_call_sequence_weak_routes(tmp_path: Path, version: str, precision: str,
     if precision == "fp32":
         assert got.precision_layers == []
         return
-    scope = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
-    pinned = select_fp32_layers(_trt_graph(), frozenset({f"{scope}/ReduceSum", f"{scope}/Add"}))
+    pinned = _pinned_layers()
     assert got.precision_layers == pinned and got.output_type_layers == sorted(pinned)
     assert all(value is rec.module.float32 for _, value in rec.of("layer.precision"))
 
@@ -695,6 +701,10 @@ def test_call_sequence_dla_build_counts_dla_layers(tmp_path: Path, caplog) -> No
     with pytest.raises(RuntimeError, match="no layer of this network can run on DLA core 0"):
         _build(none, tmp_path, precision="fp16", dla_core=0)
     assert "Builder.build_serialized_network" not in none.names()
+
+    pinned_only = _recorder(num_dla_cores=2, dla_layers=frozenset(_pinned_layers()))  # FP32 layers stay on the GPU
+    with pytest.raises(RuntimeError, match="no layer of this network can run on DLA core 0"):
+        _build(pinned_only, tmp_path, precision="fp16", dla_core=0)
 
 
 def test_timing_cache_written_from_the_host_memory_blob(tmp_path: Path) -> None:

@@ -646,7 +646,8 @@ def tensorrt_layers(trt, network) -> list[LayerNode]:
     return layers
 
 
-def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> None:
+def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> frozenset[str]:
+    """Pin the attention core to FP32; returns the names of the pinned layers."""
     selected = select_fp32_layers(tensorrt_layers(trt, network), pins)
     chosen = set(selected)
     by_connectivity = 0
@@ -666,6 +667,7 @@ def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> None:
     )
     if pins and not selected:
         raise RuntimeError("no attention-core layer could be pinned to FP32; refusing to build an all-FP16 engine")
+    return frozenset(chosen)
 
 
 def _add_optimization_profile(builder, network, config, input_shape: Sequence[int]):
@@ -727,12 +729,13 @@ def save_timing_cache(config, path: Path) -> None:
         log.warning("could not save the timing cache %s: %s", path, exc)
 
 
-def count_dla_layers(config, network) -> tuple[int, int]:
+def count_dla_layers(config, network, fp32_layers: frozenset[str] = frozenset()) -> tuple[int, int]:
     """(layers placed on the DLA, all layers): with DLA as the default device and GPU fallback, TensorRT puts every
     layer ``can_run_on_DLA`` accepts on the DLA and the rest on the GPU (IBuilderConfig.can_run_on_DLA, pyCore.cpp
-    on 8.6, 10.x and 11)."""
-    total = network.num_layers
-    return sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(total)), total
+    on 8.6, 10.x and 11). Layers pinned to FP32 are not counted: the DLA runs FP16 and INT8 only."""
+    layers = (network.get_layer(i) for i in range(network.num_layers))
+    on_dla = sum(layer.name not in fp32_layers and bool(config.can_run_on_DLA(layer)) for layer in layers)
+    return on_dla, network.num_layers
 
 
 def build_serialized_engine(
@@ -769,6 +772,7 @@ def build_serialized_engine(
         config.builder_optimization_level = build.builder_optimization_level
     input_shape = (batch, 3, *resolution)
     calibrator = None
+    pinned: frozenset[str] = frozenset()
     profile = _add_optimization_profile(builder, network, config, input_shape)
     if not build.strongly_typed and build.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
@@ -782,14 +786,20 @@ def build_serialized_engine(
             if profile is not None:
                 config.set_calibration_profile(profile)  # calibration of a dynamic input needs a profile
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _pin_attention_fp32(trt, network, frozenset(build.fp32_pins))
+        pinned = _pin_attention_fp32(trt, network, frozenset(build.fp32_pins))
     if build.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(build.dla_core)
         if build.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        on_dla, total = count_dla_layers(config, network)
-        log.info("DLA core %d: %d of %d layers placed on the DLA, the rest on the GPU", build.dla_core, on_dla, total)
+        on_dla, total = count_dla_layers(config, network, pinned)
+        log.info(
+            "DLA core %d: %d of %d layers placed on the DLA, the rest on the GPU (%d pinned to FP32)",
+            build.dla_core,
+            on_dla,
+            total,
+            len(pinned),
+        )
         if on_dla == 0:
             raise RuntimeError(
                 f"no layer of this network can run on DLA core {build.dla_core}: the engine would run entirely on "
