@@ -936,3 +936,77 @@ def test_doctor_fast_fp16_by_capability() -> None:
 
     assert fast_fp16((8, 7)) and fast_fp16((5, 3)) and fast_fp16((6, 0)) and fast_fp16((12, 0))
     assert not fast_fp16((6, 1)) and not fast_fp16((5, 2))
+
+
+def _device_backend(context_factory, device: str = "cuda"):
+    """A TensorRTBackend around a stand-in execution context (no engine): the device frame path's binding and
+    stream handling only."""
+    import torch
+
+    from evit_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    backend = TensorRTBackend.__new__(TensorRTBackend)
+    backend.device = torch.device(device)
+    backend.input_name, backend.output_name = "input", "output"
+    backend.buffers = {name: torch.zeros((1, 3, 8, 16), device=device) for name in ("input", "output")}
+    backend.context = context_factory({t.data_ptr(): t for t in backend.buffers.values()})
+    if backend.device.type == "cuda":
+        backend.stream = torch.cuda.Stream(device=backend.device)
+        for name, tensor in backend.buffers.items():
+            backend._bind(name, tensor)
+    return backend
+
+
+def test_tensor_addresses_must_be_aligned_and_accepted() -> None:
+    torch = pytest.importorskip("torch")
+    from trt_callrecorder import RecordingContext
+
+    from evit_ros.runtime.tensorrt_backend import TENSOR_ALIGNMENT, bindable
+
+    base = torch.zeros(4096)
+    start = next(k for k in range(4096) if (base.data_ptr() + 4 * k) % TENSOR_ALIGNMENT == 0)
+    assert bindable(base[start : start + 64])
+    assert not bindable(base[start + 1 : start + 65])  # 4 bytes off: TensorRT may refuse or misread it
+    assert not bindable(base[start : start + 128 : 2])  # strided
+
+    backend = _device_backend(lambda tensors: RecordingContext(tensors, accept_address=False), device="cpu")
+    with pytest.raises(RuntimeError, match="TensorRT refused the address .* for tensor input"):
+        backend._bind("input", backend.buffers["input"])
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device (not TensorRT)")
+def test_device_path_runs_on_the_backend_stream_in_order() -> None:
+    import torch
+    from trt_callrecorder import RecordingContext
+
+    backend = _device_backend(RecordingContext)
+    context = backend.context
+    own_in, out = backend.buffers["input"], backend.buffers["output"]
+    current = torch.cuda.current_stream(backend.device)
+    assert backend.stream.cuda_stream != current.cuda_stream
+    for round_ in range(2):
+        torch.cuda._sleep(50_000_000)  # slow pre-processing on the current stream: the engine must wait for it
+        batch = torch.full(own_in.shape, 1.0 + round_, device=backend.device)
+        context.tensors[batch.data_ptr()] = batch
+        result = backend.infer_device(batch)
+        labels = result + 0  # post-processing on the current stream: must see the engine's output
+        torch.cuda.synchronize()
+        assert result is out and torch.equal(labels, torch.full_like(out, 2.0 + 2 * round_))
+        assert context.streams[-1] == backend.stream.cuda_stream  # never the current (legacy default) stream
+        assert context.bound[-2:] == [("input", batch.data_ptr()), ("input", own_in.data_ptr())]
+
+    storage = torch.zeros(own_in.numel() + 1, device=backend.device)
+    misaligned = storage[1:].view(own_in.shape).fill_(5.0)  # 4 bytes past an aligned block
+    bound = len(context.bound)
+    labels = backend.infer_device(misaligned) + 0
+    torch.cuda.synchronize()
+    assert len(context.bound) == bound  # copied into the engine's own input buffer, not bound
+    assert torch.equal(own_in, misaligned) and torch.equal(labels, torch.full_like(out, 10.0))

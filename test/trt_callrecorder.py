@@ -56,8 +56,8 @@ class CallRecorder:
 
     ``layers``: (name, LayerType name, input tensor names, output tensor names, per-output float flag), as the
     parser would produce them. ``inputs``: network input name -> shape (-1 for dynamic). ``dla_layers``: names of
-    the layers ``can_run_on_DLA`` accepts. ``build_result``: what ``build_serialized_network`` does: bytes to return (as an IHostMemory),
-    None (a failed build) or an exception instance to raise (an interrupted build).
+    the layers ``can_run_on_DLA`` accepts. ``build_result``: what ``build_serialized_network`` does: bytes to
+    return (as an IHostMemory), None (a failed build) or an exception instance to raise (an interrupted build).
     """
 
     def __init__(
@@ -336,3 +336,33 @@ class Recorded:
             precision_layers=[c[0] for c in rec.of("layer.precision")],
             output_type_layers=sorted({c[0] for c in rec.of("layer.set_output_type")}),
         )
+
+
+class RecordingContext:
+    """A stand-in IExecutionContext for the device frame path: records tensor addresses and the stream each
+    execute_async_v3 gets; on CUDA it "runs" output = 2 * input on that stream, reading the input from the tensor
+    whose address is bound (``tensors``: data_ptr -> tensor, filled by the test). ``accept_address`` is what
+    set_tensor_address returns. Call sequences and stream ordering only, never TensorRT coverage."""
+
+    def __init__(self, tensors: dict, accept_address: bool = True) -> None:
+        self.tensors = tensors
+        self.accept_address = accept_address
+        self.addresses: dict[str, int] = {}
+        self.bound: list[tuple[str, int]] = []
+        self.streams: list[int] = []
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.bound.append((name, ptr))
+        if self.accept_address:
+            self.addresses[name] = ptr
+        return self.accept_address
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        import torch
+
+        self.streams.append(stream_handle)
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)):
+            torch.cuda._sleep(50_000_000)  # a slow engine: a missing wait shows up as a stale read
+            out = self.tensors[self.addresses["output"]]
+            torch.mul(self.tensors[self.addresses["input"]], 2, out=out)
+        return True
