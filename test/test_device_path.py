@@ -277,3 +277,18 @@ def test_device_batch_of_cameras_with_different_sizes(real_frames, opencv_kernel
         ref = host.segment(image, order)
         assert got.labels.shape == image.shape[:2]
         assert np.mean(got.labels == ref.labels) >= MIN_AGREEMENT
+
+
+def test_cuda_graph_device_batch_must_fill_the_captured_input() -> None:
+    # The captured-graph branch on the CPU: a bare backend with a placeholder graph and static input, so the check
+    # runs before anything CUDA is touched.
+    from evit_ros.runtime.base import BackendConfig
+    from evit_ros.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend.__new__(TorchBackend)
+    backend.config = BackendConfig(resolution=(8, 16), batch_size=2)
+    backend.device, backend._graph = torch.device("cpu"), object()
+    backend._static_in = torch.zeros(backend.input_shape)
+    with pytest.raises(ValueError, match=r"static batch of 2 frames \(a captured CUDA graph\), got 1"):
+        backend.infer_device(torch.ones((1, 3, 8, 16)))
+    assert not backend._static_in.any()  # nothing was broadcast into it

@@ -482,11 +482,20 @@ def _recorder(version: str = "10.3.0", dynamic: bool = True, **kwargs):
     return CallRecorder(version, layers=layers, inputs={"x": shape}, **kwargs)
 
 
+SCOPE = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
+PINS = (f"{SCOPE}/ReduceSum", f"{SCOPE}/Add")
+
+
+def _pinned_layers() -> list[str]:
+    from evit_ros.deploy.tensorrt_build import select_fp32_layers
+
+    return select_fp32_layers(_trt_graph(), frozenset(PINS))
+
+
 def _build(rec, tmp_path: Path, batch: int = 2, **build):
     from evit_ros.deploy.tensorrt_build import build_serialized_engine
 
-    scope = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
-    pins = (f"{scope}/ReduceSum", f"{scope}/Add")
+    pins = PINS
     if build.get("precision", "fp16") == "fp32" or build.get("strongly_typed"):
         pins = ()
     config = EngineBuildConfig(**{"fp32_pins": pins, **build})
@@ -578,6 +587,19 @@ def test_int8_build_streams_calibration_then_uses_the_cache(calibration_dir: Pat
     assert not second.of("calibrator.get_batch")
 
 
+def test_int8_build_raises_the_calibration_data_error(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
+    rec = _recorder("8.6.1")
+    with pytest.raises(FileNotFoundError, match="no readable images among 2 files"):
+        _build(rec, tmp_path, precision="int8", calibration_dir=str(folder), calibration_images=4)
+    assert "Builder.build_serialized_network" in rec.names() and not rec.of("calibrator.get_batch")
+    assert not (tmp_path / "calibration.cache").exists()
+
+
 @pytest.mark.parametrize("version", ["10.3.0", "10.13.3", "11.1.0"])
 def test_call_sequence_strongly_typed_sets_no_precision(tmp_path: Path, version: str) -> None:
     from trt_callrecorder import Recorded
@@ -602,8 +624,6 @@ def test_call_sequence_strongly_typed_sets_no_precision(tmp_path: Path, version:
 def test_call_sequence_weak_routes(tmp_path: Path, version: str, precision: str, flags: list[str]) -> None:
     from trt_callrecorder import Recorded
 
-    from evit_ros.deploy.tensorrt_build import select_fp32_layers
-
     rec = _recorder(version)
     _build(rec, tmp_path, precision=precision)
     got = Recorded.of(rec)
@@ -613,8 +633,7 @@ def test_call_sequence_weak_routes(tmp_path: Path, version: str, precision: str,
     if precision == "fp32":
         assert got.precision_layers == []
         return
-    scope = "/model/backbone/stages.3/op_list.1/context_module/main/linear_attention"
-    pinned = select_fp32_layers(_trt_graph(), frozenset({f"{scope}/ReduceSum", f"{scope}/Add"}))
+    pinned = _pinned_layers()
     assert got.precision_layers == pinned and got.output_type_layers == sorted(pinned)
     assert all(value is rec.module.float32 for _, value in rec.of("layer.precision"))
 
@@ -682,6 +701,19 @@ def test_call_sequence_dla_build_counts_dla_layers(tmp_path: Path, caplog) -> No
     with pytest.raises(RuntimeError, match="no layer of this network can run on DLA core 0"):
         _build(none, tmp_path, precision="fp16", dla_core=0)
     assert "Builder.build_serialized_network" not in none.names()
+
+    pinned_only = _recorder(num_dla_cores=2, dla_layers=frozenset(_pinned_layers()))  # FP32 layers stay on the GPU
+    with pytest.raises(RuntimeError, match="no layer of this network can run on DLA core 0"):
+        _build(pinned_only, tmp_path, precision="fp16", dla_core=0)
+
+
+def test_timing_cache_written_from_the_host_memory_blob(tmp_path: Path) -> None:
+    from trt_callrecorder import TIMING_CACHE_MAGIC, HostMemory
+
+    with pytest.raises(TypeError):
+        len(HostMemory(b"x"))  # as IHostMemory: serialize() results have nbytes but no len()
+    _build(_recorder(), tmp_path, precision="fp32")
+    assert (tmp_path / "timing.cache").read_bytes() == TIMING_CACHE_MAGIC + b" timings"
 
 
 def test_timing_cache_round_trip_and_corrupt_cache_discarded(tmp_path: Path, caplog) -> None:
@@ -904,3 +936,77 @@ def test_doctor_fast_fp16_by_capability() -> None:
 
     assert fast_fp16((8, 7)) and fast_fp16((5, 3)) and fast_fp16((6, 0)) and fast_fp16((12, 0))
     assert not fast_fp16((6, 1)) and not fast_fp16((5, 2))
+
+
+def _device_backend(context_factory, device: str = "cuda"):
+    """A TensorRTBackend around a stand-in execution context (no engine): the device frame path's binding and
+    stream handling only."""
+    import torch
+
+    from evit_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    backend = TensorRTBackend.__new__(TensorRTBackend)
+    backend.device = torch.device(device)
+    backend.input_name, backend.output_name = "input", "output"
+    backend.buffers = {name: torch.zeros((1, 3, 8, 16), device=device) for name in ("input", "output")}
+    backend.context = context_factory({t.data_ptr(): t for t in backend.buffers.values()})
+    if backend.device.type == "cuda":
+        backend.stream = torch.cuda.Stream(device=backend.device)
+        for name, tensor in backend.buffers.items():
+            backend._bind(name, tensor)
+    return backend
+
+
+def test_tensor_addresses_must_be_aligned_and_accepted() -> None:
+    torch = pytest.importorskip("torch")
+    from trt_callrecorder import RecordingContext
+
+    from evit_ros.runtime.tensorrt_backend import TENSOR_ALIGNMENT, bindable
+
+    base = torch.zeros(4096)
+    start = next(k for k in range(4096) if (base.data_ptr() + 4 * k) % TENSOR_ALIGNMENT == 0)
+    assert bindable(base[start : start + 64])
+    assert not bindable(base[start + 1 : start + 65])  # 4 bytes off: TensorRT may refuse or misread it
+    assert not bindable(base[start : start + 128 : 2])  # strided
+
+    backend = _device_backend(lambda tensors: RecordingContext(tensors, accept_address=False), device="cpu")
+    with pytest.raises(RuntimeError, match="TensorRT refused the address .* for tensor input"):
+        backend._bind("input", backend.buffers["input"])
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device (not TensorRT)")
+def test_device_path_runs_on_the_backend_stream_in_order() -> None:
+    import torch
+    from trt_callrecorder import RecordingContext
+
+    backend = _device_backend(RecordingContext)
+    context = backend.context
+    own_in, out = backend.buffers["input"], backend.buffers["output"]
+    current = torch.cuda.current_stream(backend.device)
+    assert backend.stream.cuda_stream != current.cuda_stream
+    for round_ in range(2):
+        torch.cuda._sleep(50_000_000)  # slow pre-processing on the current stream: the engine must wait for it
+        batch = torch.full(own_in.shape, 1.0 + round_, device=backend.device)
+        context.tensors[batch.data_ptr()] = batch
+        result = backend.infer_device(batch)
+        labels = result + 0  # post-processing on the current stream: must see the engine's output
+        torch.cuda.synchronize()
+        assert result is out and torch.equal(labels, torch.full_like(out, 2.0 + 2 * round_))
+        assert context.streams[-1] == backend.stream.cuda_stream  # never the current (legacy default) stream
+        assert context.bound[-2:] == [("input", batch.data_ptr()), ("input", own_in.data_ptr())]
+
+    storage = torch.zeros(own_in.numel() + 1, device=backend.device)
+    misaligned = storage[1:].view(own_in.shape).fill_(5.0)  # 4 bytes past an aligned block
+    bound = len(context.bound)
+    labels = backend.infer_device(misaligned) + 0
+    torch.cuda.synchronize()
+    assert len(context.bound) == bound  # copied into the engine's own input buffer, not bound
+    assert torch.equal(own_in, misaligned) and torch.equal(labels, torch.full_like(out, 10.0))

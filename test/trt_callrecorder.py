@@ -22,6 +22,27 @@ from dataclasses import dataclass, field
 TIMING_CACHE_MAGIC = b"TRTC"  # this stand-in's own "valid cache" marker; not TensorRT's format
 
 
+class HostMemory:
+    """Like the bindings' IHostMemory (serialized engines and timing caches): ``nbytes``, ``dtype`` and a byte
+    conversion, but NO ``__len__`` (pyFoundationalTypes.cpp v8.6.1:282-287, v10.3.0:295-300, v11.1:297-302), so
+    code that calls len() on it fails here as it does with TensorRT. (A pure-Python class cannot offer the buffer
+    protocol on Python 3.11; ``bytes()`` reaches ``__bytes__`` instead, as it reaches the buffer with TensorRT.)"""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    @property
+    def dtype(self) -> str:
+        return "UINT8"
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+
 @dataclass
 class Tensor:
     name: str
@@ -35,8 +56,8 @@ class CallRecorder:
 
     ``layers``: (name, LayerType name, input tensor names, output tensor names, per-output float flag), as the
     parser would produce them. ``inputs``: network input name -> shape (-1 for dynamic). ``dla_layers``: names of
-    the layers ``can_run_on_DLA`` accepts. ``build_result``: what ``build_serialized_network`` does: bytes to return,
-    None (a failed build) or an exception instance to raise (an interrupted build).
+    the layers ``can_run_on_DLA`` accepts. ``build_result``: what ``build_serialized_network`` does: bytes to
+    return (as an IHostMemory), None (a failed build) or an exception instance to raise (an interrupted build).
     """
 
     def __init__(
@@ -192,8 +213,8 @@ class CallRecorder:
             def __init__(self, blob: bytes) -> None:
                 self.blob = blob or TIMING_CACHE_MAGIC
 
-            def serialize(self) -> bytes:
-                return self.blob + b" timings"
+            def serialize(self) -> HostMemory:
+                return HostMemory(self.blob + b" timings")
 
         class BuilderConfig:
             def __init__(self) -> None:
@@ -262,12 +283,21 @@ class CallRecorder:
                     rec.record("calibrator.get_batch_size", calibrator.get_batch_size())
                     if calibrator.read_calibration_cache() is None:
                         names = [t.name for t in network._inputs]
-                        while (pointers := calibrator.get_batch(names)) is not None:
+                        while True:
+                            try:
+                                pointers = calibrator.get_batch(names)
+                            except Exception as exc:  # the v8.6/v10 trampoline: printed, read as "no more batches"
+                                rec.record("calibrator.get_batch raised", exc)
+                                pointers = None
+                            if pointers is None:
+                                break
                             rec.record("calibrator.get_batch", tuple(pointers))
+                        if not rec.of("calibrator.get_batch"):
+                            return None  # nothing to calibrate on: the build fails without saying why
                         calibrator.write_calibration_cache(b"calibration table")
                 if isinstance(rec.build_result, BaseException):
                     raise rec.build_result
-                return rec.build_result
+                return HostMemory(rec.build_result) if isinstance(rec.build_result, bytes) else rec.build_result
 
         class OnnxParser:
             def __init__(self, network, logger) -> None:
@@ -306,3 +336,33 @@ class Recorded:
             precision_layers=[c[0] for c in rec.of("layer.precision")],
             output_type_layers=sorted({c[0] for c in rec.of("layer.set_output_type")}),
         )
+
+
+class RecordingContext:
+    """A stand-in IExecutionContext for the device frame path: records tensor addresses and the stream each
+    execute_async_v3 gets; on CUDA it "runs" output = 2 * input on that stream, reading the input from the tensor
+    whose address is bound (``tensors``: data_ptr -> tensor, filled by the test). ``accept_address`` is what
+    set_tensor_address returns. Call sequences and stream ordering only, never TensorRT coverage."""
+
+    def __init__(self, tensors: dict, accept_address: bool = True) -> None:
+        self.tensors = tensors
+        self.accept_address = accept_address
+        self.addresses: dict[str, int] = {}
+        self.bound: list[tuple[str, int]] = []
+        self.streams: list[int] = []
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.bound.append((name, ptr))
+        if self.accept_address:
+            self.addresses[name] = ptr
+        return self.accept_address
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        import torch
+
+        self.streams.append(stream_handle)
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)):
+            torch.cuda._sleep(50_000_000)  # a slow engine: a missing wait shows up as a stale read
+            out = self.tensors[self.addresses["output"]]
+            torch.mul(self.tensors[self.addresses["input"]], 2, out=out)
+        return True

@@ -577,11 +577,23 @@ def make_calibrator(trt, frames: FrameBatches, cache_file: Path, device: str = "
             self.frames = frames
             self.batches: Iterator[np.ndarray] | None = None
             self.device_input: torch.Tensor | None = None
+            self.error: Exception | None = None
 
         def get_batch_size(self) -> int:
             return frames.batch
 
         def get_batch(self, names):
+            # TensorRT's getBatch trampoline must not see an exception: v8.6.1 and v10.3.0 catch it, print it and
+            # read it as "no more batches" (an opaque calibration failure; python/src/infer/pyInt8.cpp), older
+            # bindings call it from a noexcept function (terminate). build_serialized_engine raises it instead.
+            try:
+                return self._next_batch()
+            except Exception as exc:
+                self.error = exc
+                self.device_input = None
+                return None
+
+        def _next_batch(self) -> list[int] | None:
             if self.batches is None:
                 self.batches = iter(frames)
             batch = next(self.batches, None)
@@ -634,7 +646,8 @@ def tensorrt_layers(trt, network) -> list[LayerNode]:
     return layers
 
 
-def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> None:
+def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> frozenset[str]:
+    """Pin the attention core to FP32; returns the names of the pinned layers."""
     selected = select_fp32_layers(tensorrt_layers(trt, network), pins)
     chosen = set(selected)
     by_connectivity = 0
@@ -654,6 +667,7 @@ def _pin_attention_fp32(trt, network, pins: frozenset[str]) -> None:
     )
     if pins and not selected:
         raise RuntimeError("no attention-core layer could be pinned to FP32; refusing to build an all-FP16 engine")
+    return frozenset(chosen)
 
 
 def _add_optimization_profile(builder, network, config, input_shape: Sequence[int]):
@@ -705,20 +719,23 @@ def save_timing_cache(config, path: Path) -> None:
     """Write the builder's timing cache; never raises (it runs in a ``finally`` that may hold the real error)."""
     try:
         cache = config.get_timing_cache()
-        blob = cache.serialize() if cache is not None else None
-        if blob is not None and len(blob):
-            atomic_write(path, bytes(blob))
-            log.info("saved timing cache %s", path)
+        # serialize() returns an IHostMemory: buffer protocol and nbytes, but no __len__ on any TensorRT version
+        # (python/src/infer/pyFoundationalTypes.cpp, v8.6.1 to v11.1), so it is copied to bytes before any test.
+        data = bytes(cache.serialize()) if cache is not None else b""
+        if data:
+            atomic_write(path, data)
+            log.info("saved timing cache %s (%d bytes)", path, len(data))
     except Exception as exc:
         log.warning("could not save the timing cache %s: %s", path, exc)
 
 
-def count_dla_layers(config, network) -> tuple[int, int]:
+def count_dla_layers(config, network, fp32_layers: frozenset[str] = frozenset()) -> tuple[int, int]:
     """(layers placed on the DLA, all layers): with DLA as the default device and GPU fallback, TensorRT puts every
     layer ``can_run_on_DLA`` accepts on the DLA and the rest on the GPU (IBuilderConfig.can_run_on_DLA, pyCore.cpp
-    on 8.6, 10.x and 11)."""
-    total = network.num_layers
-    return sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(total)), total
+    on 8.6, 10.x and 11). Layers pinned to FP32 are not counted: the DLA runs FP16 and INT8 only."""
+    layers = (network.get_layer(i) for i in range(network.num_layers))
+    on_dla = sum(layer.name not in fp32_layers and bool(config.can_run_on_DLA(layer)) for layer in layers)
+    return on_dla, network.num_layers
 
 
 def build_serialized_engine(
@@ -754,6 +771,8 @@ def build_serialized_engine(
     if build.builder_optimization_level is not None:
         config.builder_optimization_level = build.builder_optimization_level
     input_shape = (batch, 3, *resolution)
+    calibrator = None
+    pinned: frozenset[str] = frozenset()
     profile = _add_optimization_profile(builder, network, config, input_shape)
     if not build.strongly_typed and build.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
@@ -763,18 +782,24 @@ def build_serialized_engine(
             frames = FrameBatches(
                 calibration_images(build.calibration_dir, build.calibration_images), resolution, batch
             )
-            config.int8_calibrator = make_calibrator(trt, frames, calibration_cache, calibration_device)
+            calibrator = config.int8_calibrator = make_calibrator(trt, frames, calibration_cache, calibration_device)
             if profile is not None:
                 config.set_calibration_profile(profile)  # calibration of a dynamic input needs a profile
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _pin_attention_fp32(trt, network, frozenset(build.fp32_pins))
+        pinned = _pin_attention_fp32(trt, network, frozenset(build.fp32_pins))
     if build.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(build.dla_core)
         if build.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        on_dla, total = count_dla_layers(config, network)
-        log.info("DLA core %d: %d of %d layers placed on the DLA, the rest on the GPU", build.dla_core, on_dla, total)
+        on_dla, total = count_dla_layers(config, network, pinned)
+        log.info(
+            "DLA core %d: %d of %d layers placed on the DLA, the rest on the GPU (%d pinned to FP32)",
+            build.dla_core,
+            on_dla,
+            total,
+            len(pinned),
+        )
         if on_dla == 0:
             raise RuntimeError(
                 f"no layer of this network can run on DLA core {build.dla_core}: the engine would run entirely on "
@@ -793,6 +818,8 @@ def build_serialized_engine(
     finally:
         # Minutes of tactic timing survive a failed or interrupted (an exception, Ctrl-C) build.
         save_timing_cache(config, timing_cache)
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error  # the real reason (e.g. no readable images), not TensorRT's "calibration failure"
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
     log.info("built TensorRT engine in %.1f s", time.monotonic() - start)

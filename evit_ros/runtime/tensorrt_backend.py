@@ -41,6 +41,16 @@ from evit_ros.runtime.options import option
 
 log = logging.getLogger(__name__)
 
+# IExecutionContext::setTensorAddress wants I/O pointers aligned to 256 bytes (NvInferRuntime.h v8.6.1:3219,3239,
+# v10.3.0:3984,4003, v11.1:4356,4378); torch's caching allocator gives 512-byte aligned blocks, a view may not be.
+TENSOR_ALIGNMENT = 256
+
+
+def bindable(tensor) -> bool:
+    """Whether TensorRT can read ``tensor`` in place: contiguous and 256-byte aligned."""
+    return tensor.is_contiguous() and tensor.data_ptr() % TENSOR_ALIGNMENT == 0
+
+
 __all__ = ["TensorRTBackend", "TensorRTUnavailable"]
 
 
@@ -242,7 +252,7 @@ class TensorRTBackend(Backend):
                 raise RuntimeError(f"TensorRT left tensor {name} with unresolved shape {shape}")
             dtype = getattr(torch, torch_dtype_name(enum_name(self.engine.get_tensor_dtype(name)), name))
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
-            self.context.set_tensor_address(name, self.buffers[name].data_ptr())
+            self._bind(name, self.buffers[name])
             if name != self.input_name:
                 self.output_name = name
         if self.buffers[self.input_name].dtype != torch.float32:
@@ -260,6 +270,12 @@ class TensorRTBackend(Backend):
         self.host_output = torch.empty(device_out.shape, dtype=device_out.dtype, pin_memory=True)
         self._host_input_np = self.host_input.numpy()
         self._host_output_np = self.host_output.numpy()
+
+    def _bind(self, name: str, tensor) -> None:
+        # The binding returns False for an address TensorRT refuses (pyCore.cpp v8.6.1:131-134); ignored, the
+        # engine would read or write the previous address.
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise RuntimeError(f"TensorRT refused the address {tensor.data_ptr():#x} for tensor {name}")
 
     def _gate_inputs(self, reference_onnx: Path | None, build: EngineBuildConfig) -> dict:
         """What the gate's verdict depends on besides the engine: its frames and its reference."""
@@ -313,6 +329,8 @@ class TensorRTBackend(Backend):
 
         self._check_batch(batch)  # a static engine: exactly batch_size frames, never broadcast into every slot
         np.copyto(self._host_input_np, batch)
+        # After the device path's post-processing, queued on the current stream, has read the output buffer.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             self.buffers[self.input_name].copy_(self.host_input, non_blocking=True)
             if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -323,24 +341,35 @@ class TensorRTBackend(Backend):
         return self._host_output_np.astype(np.float32, copy=True)
 
     def infer_device(self, batch):
-        """The engine on a float32 batch already on the GPU (the device frame path): its memory is bound as the
-        input for this call, and the engine runs on torch's current stream, so it is ordered after the
-        pre-processing that wrote the batch and before the post-processing that reads the returned output
-        buffer (valid until the next call)."""
+        """The engine on a float32 batch already on the GPU (the device frame path). The engine runs on the
+        backend's own stream, never torch's current one, usually the legacy default stream, which costs TensorRT
+        extra synchronisation (NvInferRuntime.h v10.3.0:4264-4265, enqueueV3): that stream waits for the
+        pre-processing queued on the current stream, and the current stream waits for the engine, so the
+        post-processing queued next reads the returned output buffer (valid until the next call) complete.
+        A contiguous, 256-byte aligned batch is bound in place for this call; another is copied into the
+        engine's input buffer."""
         import torch
 
         own = self.buffers[self.input_name]
         if batch.dtype != own.dtype or batch.shape != own.shape or batch.device != own.device:
             raise ValueError(f"TensorRT engine takes {own.dtype} {tuple(own.shape)} on {own.device}, got "
                              f"{batch.dtype} {tuple(batch.shape)} on {batch.device}")  # fmt: skip
-        batch = batch.contiguous()
-        stream = torch.cuda.current_stream(self.device)
-        self.context.set_tensor_address(self.input_name, batch.data_ptr())
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        in_place = bindable(batch)
+        if in_place:
+            batch.record_stream(self.stream)  # the caching allocator must not reuse it before the engine read it
+            self._bind(self.input_name, batch)
+        else:
+            with torch.cuda.stream(self.stream):
+                own.copy_(batch)
         try:
-            if not self.context.execute_async_v3(stream.cuda_stream):
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
         finally:
-            self.context.set_tensor_address(self.input_name, own.data_ptr())  # infer() keeps its own buffer
+            if in_place:
+                self._bind(self.input_name, own)  # infer() keeps its own buffer
+        current.wait_stream(self.stream)
         return self.buffers[self.output_name]
 
     def describe(self) -> dict[str, str]:

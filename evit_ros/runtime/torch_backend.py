@@ -80,6 +80,12 @@ class TorchBackend(Backend):
                 f"torch backend expects float32 {self.input_shape}, got {batch.dtype} {tuple(batch.shape)}"
             )
         if self._graph is not None:
+            if batch.shape[0] != self._static_in.shape[0]:
+                # copy_ would broadcast one frame into every slot of the captured input, silently.
+                raise ValueError(
+                    f"torch backend has a static batch of {self._static_in.shape[0]} frames (a captured CUDA graph), "
+                    f"got {batch.shape[0]}: pad the batch (Segmenter does) or turn cuda_graphs off"
+                )
             self._static_in.copy_(batch)
             with torch.cuda.device(self.device):
                 self._graph.replay()
