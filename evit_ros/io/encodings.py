@@ -203,17 +203,23 @@ def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarra
         raise ValueError(f"order must be 'rgb' or 'bgr', got {order!r}")
     if "compresseddepth" in fmt.lower().replace(" ", ""):
         raise ValueError(f"compressedDepth images are not supported (format {fmt!r})")
+    bgr = _imdecode(fmt, data, cv2.IMREAD_COLOR)
+    return bgr if order == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _imdecode(fmt: str, data: bytes | bytearray | memoryview | np.ndarray, flags: int) -> np.ndarray:
+    """``cv2.imdecode`` of a CompressedImage payload, with a clear ValueError for empty, corrupt or oversized data."""
     buf = _as_bytes(data)
     if buf.size == 0:
         raise ValueError(f"compressed image ({fmt!r}) has no data")
     try:
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        pixels = cv2.imdecode(buf, flags)
     except cv2.error as exc:
         raise ValueError(f"cannot decode compressed image ({fmt!r}, {buf.size} bytes): {exc}") from exc
-    if bgr is None or bgr.size == 0:
+    if pixels is None or pixels.size == 0:
         raise ValueError(f"cannot decode compressed image ({fmt!r}, {buf.size} bytes): corrupt or unknown format")
-    _check_size(bgr.shape[0], bgr.shape[1])
-    return bgr if order == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    _check_size(pixels.shape[0], pixels.shape[1])
+    return pixels
 
 
 def label_dtype_encoding(dtype: np.dtype | type) -> str:
@@ -305,12 +311,7 @@ def decode_transport(fmt: str, data: bytes | bytearray | memoryview | np.ndarray
     ``sensor_msgs/Image`` in its default ``mode: unchanged``: the file decoded as stored (mono8 / mono16 / 3-channel),
     the encoding read from ``fmt`` up to ``';'``, and rgb8 images swapped back from the codec's BGR. The exact
     image for PNG; for a format without ``';'`` (older publishers) the encoding follows the channel count."""
-    buf = _as_bytes(data)
-    if buf.size == 0:
-        raise ValueError(f"compressed image ({fmt!r}) has no data")
-    pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.size == 0:
-        raise ValueError(f"cannot decode compressed image ({fmt!r}, {buf.size} bytes): corrupt or unknown format")
+    pixels = _imdecode(fmt, data, cv2.IMREAD_UNCHANGED)
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     if ";" not in fmt:
         return pixels, ("mono8" if channels == 1 else "bgr8")
